@@ -44,7 +44,7 @@ class ResidualEvidence:
         strong (`int`): dimensions whose best |corr| is at least 0.5.
         sign_flips (`int`): strong matches with negative correlation.
         median_abs_corr (`float`): median best |corr|.
-        basis (`str`): ``identity``, ``width-pruned``, ``permuted``, ``permuted+sign-flips``,
+        basis (`str`): ``identity``, ``sign-flips``, ``width-pruned``, ``permuted``, ``permuted+sign-flips``,
             ``no one-to-one match`` (rotated, or unrelated).
         n_tokens (`int`): token rows the correlations were computed over.
     """
@@ -100,7 +100,7 @@ def residual_test(ref_embed: np.ndarray, sus_embed: np.ndarray) -> ResidualEvide
     strong = int(strong_mask.sum())
     flips = int(np.sum(strong_mask & (m.sign < 0)))
     if fixed >= 0.9 * d:
-        basis = "identity"
+        basis = "sign-flips" if flips >= 0.1 * max(1, strong) else "identity"
     elif run >= 0.9 * d:
         basis = "width-pruned" if d < ref_embed.shape[1] else "shifted"
     elif strong >= 0.6 * d:

@@ -107,6 +107,7 @@ def _transform(
         parts.append(
             {
                 "identity": "same residual basis",
+                "sign-flips": "residual sign flips",
                 "width-pruned": "residual width pruned",
                 "shifted": "residual basis shifted",
                 "permuted": "residual permutation",
