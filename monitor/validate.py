@@ -1,0 +1,267 @@
+"""Validation of everything a hub (or an operator) hands us before it reaches a URL, a log or a disk.
+
+Hub listings and file lists are untrusted input: a repo id, a path or a redirect target goes into
+URLs we fetch, file names other modules may write, and alert text a human reads. Each check here
+is strict, cheap and raises `ValueError` with a message that names the bad value (quoted with
+`repr` so control characters are visible), so callers can decide whether bad input is a
+configuration error (`ConfigError`), a hostile hub answer (`HubError`) or an item to skip.
+
+Redirect rules: credentials only ever go to the configured hub endpoint; storage hosts are only
+reached through a redirect the hub itself issued; only ``http``/``https`` are followed, never a
+downgrade from ``https`` to ``http``; an optional allow-list restricts storage hosts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import httpx2
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+__all__ = [
+    "MAX_PATH_LENGTH",
+    "MAX_REVISION_LENGTH",
+    "RedirectPolicy",
+    "is_commit",
+    "normalize_endpoint",
+    "origin_of",
+    "redact_url",
+    "validate_commit",
+    "validate_model_repo_id",
+    "validate_repo_path",
+    "validate_revision",
+]
+
+MAX_PATH_LENGTH = 1024
+"""Longest repo-relative path we accept; longer ones are hostile or broken (git allows 4096)."""
+
+MAX_REVISION_LENGTH = 255
+"""Longest branch/tag name we accept (git's limit for one ref component)."""
+
+_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_REVISION_RE = re.compile(r"[A-Za-z0-9._/\-]+")
+
+
+def validate_model_repo_id(repo_id: object) -> str:
+    """Return ``repo_id`` if it is a valid Hugging Face *model* repo id ``namespace/name``.
+
+    The rules are `huggingface_hub.utils.validate_repo_id`'s (``[\\w\\-.]``, at most 96 characters
+    per part, no ``--`` or ``..``, no ``.git`` suffix) plus: ASCII only (Python's ``\\w`` accepts
+    any Unicode letter, the Hub does not, and look-alike letters would make alerts misleading) and
+    exactly one ``/`` (a bare ``name`` is a legacy canonical id that HubSentry does not watch).
+
+    Raises:
+        `ValueError`: naming the rejected id.
+    """
+    if not isinstance(repo_id, str):
+        raise ValueError(f"repo id must be a string, got {type(repo_id).__name__}")
+    if not repo_id.isascii():
+        raise ValueError(f"repo id {repo_id!r} contains non-ASCII characters")
+    if repo_id.count("/") != 1:
+        raise ValueError(f"model repo id {repo_id!r} must have the form 'namespace/name' (exactly one '/')")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise ValueError(f"invalid repo id {repo_id!r}: {exc}") from None
+    return repo_id
+
+
+def is_commit(value: object) -> bool:
+    """True if ``value`` is a full commit id: 40 lowercase hexadecimal characters."""
+    return isinstance(value, str) and _COMMIT_RE.fullmatch(value) is not None
+
+
+def validate_commit(commit: object) -> str:
+    """Return ``commit`` if it is 40 lowercase hex characters (what the Hub returns as ``sha``).
+
+    Uppercase is rejected rather than normalised: the Hub never sends it, so it signals a broken
+    or hostile answer, and silently lower-casing would hide that.
+
+    Raises:
+        `ValueError`: naming the rejected value.
+    """
+    if not is_commit(commit):
+        raise ValueError(f"commit must be 40 lowercase hex characters, got {commit!r}")
+    assert isinstance(commit, str)
+    return commit
+
+
+def validate_revision(revision: object) -> str:
+    """Return ``revision`` if it is a commit id or a plausible branch/tag/PR ref (``refs/pr/1``).
+
+    Allowed: ``[A-Za-z0-9._/-]``, at most 255 characters, no ``..``, no empty, ``.``-leading or
+    ``.lock``-ending component, no leading or trailing ``/`` (a subset of git's ref rules that
+    covers every ref the Hub creates).
+
+    Raises:
+        `ValueError`: naming the rejected value.
+    """
+    if not isinstance(revision, str):
+        raise ValueError(f"revision must be a string, got {type(revision).__name__}")
+    if not revision or len(revision) > MAX_REVISION_LENGTH:
+        raise ValueError(f"revision must be 1 to {MAX_REVISION_LENGTH} characters, got {revision!r}")
+    if _REVISION_RE.fullmatch(revision) is None:
+        raise ValueError(f"revision {revision!r} may only contain letters, digits, '.', '_', '/' and '-'")
+    parts = revision.split("/")
+    if ".." in revision or any(p == "" or p.startswith(".") or p.endswith(".lock") for p in parts):
+        raise ValueError(f"revision {revision!r} is not a valid git ref name")
+    return revision
+
+
+def validate_repo_path(path: object) -> str:
+    """Return ``path`` if it is a safe repo-relative file path with forward slashes.
+
+    Rejected: empty, longer than `MAX_PATH_LENGTH`, absolute (``/x``), Windows drive or UNC
+    forms, backslashes, control characters (including NUL and newlines, which would forge log
+    lines), empty components (``a//b``, trailing ``/``) and ``.``/``..`` components.
+
+    Raises:
+        `ValueError`: naming the rejected path.
+    """
+    if not isinstance(path, str):
+        raise ValueError(f"path must be a string, got {type(path).__name__}")
+    if not path:
+        raise ValueError("path must not be empty")
+    if len(path) > MAX_PATH_LENGTH:
+        raise ValueError(
+            f"path is {len(path)} characters long, the limit is {MAX_PATH_LENGTH}: {path[:80]!r}…"
+        )
+    if _CONTROL_RE.search(path):
+        raise ValueError(f"path {path!r} contains control characters")
+    if "\\" in path:
+        raise ValueError(f"path {path!r} contains a backslash")
+    if path.startswith("/"):
+        raise ValueError(f"path {path!r} is absolute")
+    if re.match(r"[A-Za-z]:", path):
+        raise ValueError(f"path {path!r} starts with a drive letter")
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            raise ValueError(f"path {path!r} has an empty, '.' or '..' component")
+    return path
+
+
+def normalize_endpoint(endpoint: object) -> str:
+    """Return a hub endpoint as ``scheme://host[:port][/prefix]`` without a trailing slash.
+
+    Raises:
+        `ValueError`: not http(s), no host, credentials in the URL, or a query/fragment.
+    """
+    if not isinstance(endpoint, str) or not endpoint:
+        raise ValueError(f"hub endpoint must be a non-empty string, got {endpoint!r}")
+    if _CONTROL_RE.search(endpoint):
+        raise ValueError(f"hub endpoint {endpoint!r} contains control characters")
+    try:
+        url = httpx2.URL(endpoint)
+    except httpx2.InvalidURL as exc:
+        raise ValueError(f"hub endpoint {endpoint!r} is not a valid URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"hub endpoint {endpoint!r} must be an absolute http(s) URL")
+    if url.userinfo:
+        raise ValueError(
+            "hub endpoint must not embed credentials; configure the token via token_env/token_file"
+        )
+    if url.query or url.fragment:
+        raise ValueError(f"hub endpoint {endpoint!r} must not have a query or fragment")
+    return str(url).rstrip("/")
+
+
+def origin_of(url: str | httpx2.URL) -> tuple[str, str, int]:
+    """The ``(scheme, host, port)`` triple that decides where credentials may go.
+
+    Default ports are made explicit so ``https://h`` and ``https://h:443`` are the same origin;
+    host names are compared lower-case (httpx already normalises them).
+    """
+    parsed = url if isinstance(url, httpx2.URL) else httpx2.URL(url)
+    port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme, 0)
+    return (parsed.scheme, parsed.host.lower(), port)
+
+
+@dataclass(frozen=True)
+class RedirectPolicy:
+    """Decides whether a ``Location`` the hub sent may be followed, and with which credentials.
+
+    Attributes:
+        endpoint (`str`): the configured hub endpoint; the only origin that ever sees the token.
+        allowed_storage_hosts (`tuple[str, ...] | None`): if set, cross-origin redirects may only
+            go to these hosts; an entry starting with ``.`` matches any subdomain (``.hf.co``).
+            ``None`` allows any host (the hub decides where its storage lives).
+        allow_downgrade (`bool`): follow an ``https`` → ``http`` redirect (off by default; only a
+            plain-http test hub needs it, and then both sides are http anyway).
+    """
+
+    endpoint: str
+    allowed_storage_hosts: tuple[str, ...] | None = None
+    allow_downgrade: bool = False
+
+    @classmethod
+    def for_endpoint(
+        cls,
+        endpoint: str,
+        *,
+        allowed_storage_hosts: Iterable[str] | None = None,
+        allow_downgrade: bool = False,
+    ) -> RedirectPolicy:
+        """Build a policy with a normalised endpoint and a lower-cased allow-list."""
+        hosts = None
+        if allowed_storage_hosts is not None:
+            hosts = tuple(h.strip().lower() for h in allowed_storage_hosts if h.strip())
+        return cls(normalize_endpoint(endpoint), hosts, allow_downgrade)
+
+    def is_hub(self, url: str | httpx2.URL) -> bool:
+        """True if ``url`` is on the hub's origin (credentials may be sent)."""
+        return origin_of(url) == origin_of(self.endpoint)
+
+    def check(self, current: str | httpx2.URL, location: str) -> httpx2.URL:
+        """Resolve ``location`` against ``current`` and return it if it may be followed.
+
+        Raises:
+            `ValueError`: an unsupported scheme, a downgrade, credentials in the URL, control
+                characters, or a cross-origin host outside the allow-list.
+        """
+        if not location or _CONTROL_RE.search(location):
+            raise ValueError(f"redirect Location {location!r} is empty or contains control characters")
+        base = current if isinstance(current, httpx2.URL) else httpx2.URL(current)
+        try:
+            target = base.join(location)
+        except httpx2.InvalidURL as exc:
+            raise ValueError(f"redirect Location {location!r} is not a valid URL: {exc}") from None
+        if target.scheme not in ("http", "https") or not target.host:
+            raise ValueError(
+                f"redirect to {redact_url(target)} refused: only absolute http(s) URLs are followed"
+            )
+        if target.userinfo:
+            raise ValueError(f"redirect to {redact_url(target)} refused: the URL embeds credentials")
+        if base.scheme == "https" and target.scheme == "http" and not self.allow_downgrade:
+            raise ValueError(f"redirect to {redact_url(target)} refused: downgrade from https to http")
+        if self.is_hub(target):
+            return target
+        if self.allowed_storage_hosts is not None and not _host_allowed(
+            target.host, self.allowed_storage_hosts
+        ):
+            raise ValueError(
+                f"redirect to host {target.host!r} refused: not in the allowed storage hosts "
+                f"{list(self.allowed_storage_hosts)}"
+            )
+        return target
+
+
+def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    host = host.lower()
+    for entry in allowed:
+        if entry.startswith("."):
+            if host.endswith(entry) and len(host) > len(entry):
+                return True
+        elif host == entry:
+            return True
+    return False
+
+
+def redact_url(url: str | httpx2.URL) -> str:
+    """A URL fit for logs and errors: no query, fragment or credentials (signed URLs keep their
+    signature in the query)."""
+    parsed = url if isinstance(url, httpx2.URL) else httpx2.URL(url)
+    return str(parsed.copy_with(query=None, fragment=None, username=None, password=None))
