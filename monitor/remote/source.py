@@ -11,6 +11,7 @@ allows per repo), so a repo's cost is counted once whatever the number of files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 import os
@@ -196,11 +197,9 @@ class LocalFileSource:
             self._map = None
         self._fh.close()
 
-    def __del__(self) -> None:  # pragma: no cover - best effort
-        try:
+    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter shutdown
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:  # noqa: S110 - interpreter shutdown
-            pass
 
 
 def sha256_of_file(fs_path: Path) -> str:
