@@ -1,1 +1,46 @@
-"""monitor/localhub."""
+"""A local Hugging Face hub: serves a folder of model repos over the real HTTP API, on loopback.
+
+It answers the requests huggingface_hub 2.4.0 sends (listings with cursor pages, model info with file
+digests, trees, ``/resolve`` with ranges and signed CDN redirects, typed errors, 429s), so the offline
+demo, every integration test and air-gapped dry runs use the real client against it. Faults and rate
+limits can be injected; virtual files serve 7B/70B-sized checkpoints from a few KB of spec.
+
+    from monitor.localhub import LocalHub, FaultAction, FaultRule, RateLimitPolicy
+
+    with LocalHub(root, token="hf_test") as hub:
+        hub.faults.add(FaultRule("GET", r"/resolve/", FaultAction.status(503), times=1))
+        HfApi(endpoint=hub.endpoint, token="hf_test").list_models(sort="created_at", limit=10)
+
+See ``docs/localhub.md``.
+"""
+
+from monitor.localhub.faults import FaultAction, FaultDecision, FaultRule, FaultSet
+from monitor.localhub.log import RequestLog, RequestRecord
+from monitor.localhub.populate import copy_into_repo, write_repo
+from monitor.localhub.ratelimit import RateLimitPolicy
+from monitor.localhub.server import LocalHub
+from monitor.localhub.virtual import VirtualFile, VirtualFileSource, materialize, open_virtual
+from monitor.localhub.virtual_llama import LLAMA_7B, LLAMA_70B, LlamaShape, write_virtual_llama
+from monitor.localhub.virtual_safetensors import VirtualSafetensors
+
+__all__ = [
+    "LLAMA_7B",
+    "LLAMA_70B",
+    "FaultAction",
+    "FaultDecision",
+    "FaultRule",
+    "FaultSet",
+    "LlamaShape",
+    "LocalHub",
+    "RateLimitPolicy",
+    "RequestLog",
+    "RequestRecord",
+    "VirtualFile",
+    "VirtualFileSource",
+    "VirtualSafetensors",
+    "copy_into_repo",
+    "materialize",
+    "open_virtual",
+    "write_repo",
+    "write_virtual_llama",
+]
