@@ -24,7 +24,7 @@ from fingerprints.stats import increasing_run_tail_log10
 __all__ = ["RESIDUAL_NULL", "ResidualEvidence", "residual_test"]
 
 RESIDUAL_NULL = (
-    "H0: independent initialisation; the suspect's residual dimensions are then exchangeable, so matched "
+    "independent initialisation; the suspect's residual dimensions are then exchangeable, so matched "
     "embedding-column labels are in uniformly random order (P(increasing run >= k) <= C(d,k)/k!)"
 )
 

@@ -37,12 +37,12 @@ __all__ = [
 ]
 
 UNIT_NULL = (
-    "H0: independent initialisation; MLP units of each suspect layer are then exchangeable, so matched unit "
+    "independent initialisation; MLP units of each suspect layer are then exchangeable, so matched unit "
     "labels are in uniformly random order (P(increasing run >= k) <= C(K,k)/k!, Bonferroni over protected "
     "layers)"
 )
 APPROX_NULL = (
-    "approximate H0: units of an independent model match a protected layer no more often than they match the "
+    "(approximate) units of an independent model match a protected layer no more often than they match the "
     "protected model's other layers (within-model null; not exact)"
 )
 

@@ -29,7 +29,7 @@ from fingerprints.units import UnitLayerEvidence, approximate_permuted_evidence,
 __all__ = ["COMBINED_NULL", "ComparePolicy", "Comparison", "compare"]
 
 COMBINED_NULL = (
-    "H0: the suspect's weights come from an initialisation independent of the protected model "
+    "the suspect's weights come from an initialisation independent of the protected model "
     "(hidden units exchangeable). Not covered: same-seed runs, shared public initialisations; distillation "
     "students trained from scratch are independent under H0"
 )

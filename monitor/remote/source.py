@@ -24,6 +24,8 @@ from typing import Protocol, runtime_checkable
 from monitor.errors import BudgetExceeded, FormatError, NotFound
 
 __all__ = [
+    "LFS_THRESHOLD",
+    "WEIGHT_SUFFIXES",
     "ByteBudget",
     "ByteSource",
     "FileEntry",
@@ -38,6 +40,10 @@ Span = tuple[int, int]
 """A half-open byte interval ``(start, end)`` within one file."""
 
 _HASH_CHUNK = 8 * 1024 * 1024
+LFS_THRESHOLD = 10 * 1024 * 1024
+"""Files at least this big, and weight files, are LFS files on a hub (listed with SHA-256); smaller ones
+are plain git blobs (listed with their git blob id). `LocalFileSet` describes local files the same way."""
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
 
 
 @dataclass
@@ -241,7 +247,12 @@ class LocalFileSet:
             for p in sorted(self.root.rglob("*")):
                 rel = p.relative_to(self.root).as_posix()
                 if p.is_file() and not any(part.startswith(".") for part in rel.split("/")):
-                    self.files[rel] = FileEntry(rel, p.stat().st_size)
+                    size = p.stat().st_size
+                    small = size < LFS_THRESHOLD and not rel.endswith(WEIGHT_SUFFIXES)
+                    # Small files get their git blob id, as a hub lists them (tokenizer identity for free).
+                    self.files[rel] = FileEntry(
+                        rel, size, blob_id=git_blob_sha1(p.read_bytes()) if small else None
+                    )
         self._sources: dict[str, LocalFileSource] = {}
         self._lock = threading.Lock()
 

@@ -1,0 +1,238 @@
+"""Reading what the fingerprints need: a full reference from a protected model, a few rows from a suspect.
+
+This is the only module that knows both the canonical model view (`monitor.formats.canonical.ModelView`,
+which turns byte ranges into arrays) and the statistics (`fingerprints`). Protected models are read in full
+once; suspects are read through a byte budget, with the secret choosing which rows:
+
+* one contiguous block of token-embedding rows per tokenizer (the rows every protected model sharing that
+  vocabulary was profiled on),
+* ``layers`` MLP layers spread over the depth, and in each a contiguous block of ``rows_per_layer`` units
+  from whichever tensor stores units contiguously (``up`` rows for float checkpoints and GGUF, ``down``
+  columns for GPTQ/AWQ), plus the norm gain feeding the MLP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from fingerprints import (
+    LayerSample,
+    ReferenceBuilder,
+    ReferenceFingerprint,
+    SuspectSample,
+    choose_layers,
+    choose_token_block,
+    choose_unit_block,
+)
+from monitor.errors import FormatError, UnsupportedFormat
+from monitor.findings import ALGO
+from monitor.formats.canonical import ModelView
+
+__all__ = ["SamplingSettings", "build_reference", "read_sample", "vocab_key"]
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How much to read (config section ``[fingerprint]``).
+
+    Attributes:
+        tokens (`int`): embedding rows in the token block.
+        layers (`int`): MLP layers sampled per suspect.
+        rows_per_layer (`int`): MLP units per sampled layer.
+    """
+
+    tokens: int = 256
+    layers: int = 4
+    rows_per_layer: int = 64
+
+
+def vocab_key(tokens: Sequence[str]) -> str:
+    """Identity of a vocabulary by content (models sharing a tokenizer share their token block)."""
+    h = hashlib.sha256()
+    for t in tokens:
+        h.update(t.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def _skip_specials(vocab_size: int) -> int:
+    """Leave out the first ids (special/control tokens, often untrained), at most 1% of the vocabulary."""
+    return min(1000, vocab_size // 100)
+
+
+def _arch_dict(view: ModelView) -> dict[str, object]:
+    arch = asdict(view.arch)
+    arch.pop("extra", None)
+    return arch
+
+
+def _has(view: ModelView, key: str) -> bool:
+    return key in view.tensors
+
+
+def _mlp_gain(view: ModelView, layer: int) -> np.ndarray | None:
+    key = f"layers.{layer}.mlp_norm"
+    return view.read(key).reshape(-1) if _has(view, key) else None
+
+
+def build_reference(
+    view: ModelView, *, name: str, secret: bytes, settings: SamplingSettings, vocab_digest: str | None = None
+) -> ReferenceFingerprint:
+    """Read a protected model in full (layer by layer) and build its reference fingerprint.
+
+    Raises:
+        `UnsupportedFormat`: the model has no tokenizer vocabulary or no MLP layers we can read.
+    """
+    vocab = view.vocab()
+    if not vocab:
+        raise UnsupportedFormat(
+            f"{name}: no tokenizer vocabulary found (tokenizer.json, vocab.txt or GGUF tokens); "
+            "protected models need one so uploads can be matched by token strings"
+        )
+    if not _has(view, "embed"):
+        raise UnsupportedFormat(f"{name}: no token embedding tensor found")
+    n_vocab = min(len(vocab), view.tensors["embed"].shape[0])
+    start, end = choose_token_block(
+        secret,
+        vocab_key=vocab_key(vocab[:n_vocab]),
+        vocab_size=n_vocab,
+        n_tokens=settings.tokens,
+        skip_first=_skip_specials(n_vocab),
+    )
+    ids = np.arange(start, end)
+    embed = view.read_rows("embed", range(start, end))
+    builder = ReferenceBuilder(
+        name=name,
+        algo=ALGO,
+        arch=_arch_dict(view),
+        tokens=[vocab[i] for i in ids],
+        token_ids=ids,
+        embed=embed,
+        vocab_digest=vocab_digest,
+    )
+    n_layers = view.arch.n_layers
+    if n_layers <= 0 or not _has(view, "layers.0.mlp.up"):
+        raise UnsupportedFormat(f"{name}: no MLP layers found")
+    for i in range(n_layers):
+        units: dict[str, np.ndarray] = {"up": view.read(f"layers.{i}.mlp.up")}
+        if _has(view, f"layers.{i}.mlp.gate"):
+            units["gate"] = view.read(f"layers.{i}.mlp.gate")
+        if _has(view, f"layers.{i}.mlp.down"):
+            units["down"] = view.read(f"layers.{i}.mlp.down").T
+        builder.add_layer(i, units, mlp_gain=_mlp_gain(view, i))
+    final = view.read("final_norm").reshape(-1) if _has(view, "final_norm") else None
+    return builder.build(
+        final_norm=final, meta={"vocab_key": vocab_key(vocab[:n_vocab]), "block": [int(start), int(end)]}
+    )
+
+
+def _suspect_ids(
+    view: ModelView, tokens: Sequence[str], refs: Iterable[ReferenceFingerprint]
+) -> tuple[list[str], np.ndarray]:
+    """Suspect ids of the wanted token strings; zero bytes when the tokenizer file is a known one."""
+    digest = view.tokenizer_digest
+    wanted = list(dict.fromkeys(tokens))
+    if digest:
+        for ref in refs:
+            if ref.vocab_digest == digest:
+                by_token = dict(zip(ref.tokens, ref.token_ids.tolist(), strict=True))
+                if all(t in by_token for t in wanted):
+                    return wanted, np.asarray([by_token[t] for t in wanted], dtype=np.int64)
+    vocab = view.vocab()
+    if not vocab:
+        raise UnsupportedFormat("suspect has no tokenizer vocabulary; cannot pair embedding rows with tokens")
+    n_rows = view.tensors["embed"].shape[0]
+    index = {t: i for i, t in enumerate(vocab) if i < n_rows}
+    found = [t for t in wanted if t in index]
+    if len(found) < len(wanted) // 2:
+        # Converters rewrite word-boundary markers; let the statistics pair normalised strings.
+        from fingerprints.tokens import normalize_token
+
+        norm_index: dict[str, int] = {}
+        for t, i in index.items():
+            norm_index.setdefault(normalize_token(t), i)
+        extra = [
+            (t, norm_index[normalize_token(t)])
+            for t in wanted
+            if t not in index and normalize_token(t) in norm_index
+        ]
+        pairs = [(t, index[t]) for t in found] + extra
+        return [vocab[i] for _, i in pairs], np.asarray([i for _, i in pairs], dtype=np.int64)
+    return found, np.asarray([index[t] for t in found], dtype=np.int64)
+
+
+def _unit_source(view: ModelView, layer: int) -> tuple[str, str]:
+    """``(kind, canonical key)`` of the cheapest contiguous unit vectors in a layer."""
+    up = view.tensors.get(f"layers.{layer}.mlp.up")
+    down = view.tensors.get(f"layers.{layer}.mlp.down")
+    gate = view.tensors.get(f"layers.{layer}.mlp.gate")
+    if up is not None and up.rows_contiguous:
+        return "up", up.key
+    if down is not None and down.cols_contiguous:
+        return "down", down.key
+    if gate is not None and gate.rows_contiguous:
+        return "gate", gate.key
+    if up is not None:
+        return "up", up.key
+    raise UnsupportedFormat(f"layer {layer}: no MLP tensor found")
+
+
+def read_sample(
+    view: ModelView,
+    *,
+    tokens: Sequence[str],
+    refs: Sequence[ReferenceFingerprint],
+    secret: bytes,
+    suspect_key: str,
+    settings: SamplingSettings,
+) -> SuspectSample:
+    """Read the suspect rows the candidate references need (a few MiB at 7B scale).
+
+    Args:
+        view (`ModelView`): the suspect, over a budgeted `FileSet`.
+        tokens (`Sequence[str]`): token strings of the candidates' token blocks (their union).
+        refs: the candidate references (to recognise a known tokenizer without reading it).
+        secret (`bytes`): deployment secret (chooses layers and unit blocks).
+        suspect_key (`str`): identity of the suspect version (``hub/repo@commit``).
+        settings (`SamplingSettings`): sizes.
+    """
+    if "embed" not in view.tensors:
+        raise UnsupportedFormat("suspect has no token embedding tensor")
+    strings, ids = _suspect_ids(view, tokens, refs)
+    if len(ids):
+        order = np.argsort(ids)
+        rows = view.read_rows("embed", ids[order].tolist())
+        embed = np.empty_like(rows)
+        embed[order] = rows
+    else:
+        embed = np.zeros((0, view.tensors["embed"].shape[1]), dtype=np.float32)
+    layers: list[LayerSample] = []
+    for layer in choose_layers(
+        secret, suspect_key=suspect_key, n_layers=view.arch.n_layers, k=settings.layers
+    ):
+        kind, key = _unit_source(view, layer)
+        info = view.tensors[key]
+        n_units = info.shape[1] if kind == "down" else info.shape[0]
+        start, end = choose_unit_block(
+            secret, suspect_key=suspect_key, layer=layer, n_units=n_units, k=settings.rows_per_layer
+        )
+        units = (
+            view.read_cols(key, range(start, end))
+            if kind == "down"
+            else view.read_rows(key, range(start, end))
+        )
+        gain = _mlp_gain(view, layer) if kind != "down" else None
+        if units.ndim != 2:
+            raise FormatError(f"{key}: expected a matrix, got shape {units.shape}")
+        layers.append(LayerSample(layer=layer, kind=kind, start=start, units=units, gain=gain))  # type: ignore[arg-type]
+    return SuspectSample(
+        arch=_arch_dict(view),
+        tokens=tuple(strings),
+        embed=embed,
+        layers=tuple(layers),
+        quantization=view.arch.quantization,
+    )
