@@ -13,6 +13,7 @@ key                            shape                        source examples
 =============================  ===========================  =============================================
 ``embed``                      (vocab, d_model)             embed_tokens, word_embeddings, wte, token_embd
 ``pos_embed``                  (n_positions, d_model)       position_embeddings, wpe
+``type_embed``                 (n_types, d_model)           BERT token_type_embeddings, token_types
 ``embed_norm``                 (d_model,)                   BERT embeddings.LayerNorm
 ``final_norm``                 (d_model,)                   model.norm, ln_f, output_norm
 ``lm_head``                    (vocab, d_model)             lm_head, output (absent when tied)
