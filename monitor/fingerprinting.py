@@ -189,8 +189,12 @@ def read_sample(
     secret: bytes,
     suspect_key: str,
     settings: SamplingSettings,
+    costs: dict[str, int] | None = None,
 ) -> SuspectSample:
     """Read the suspect rows the candidate references need (a few MiB at 7B scale).
+
+    All weight rows (the embedding block, every sampled unit block and its norm gain) are requested in one
+    batch, so the byte source can coalesce neighbouring spans and fetch the rest concurrently.
 
     Args:
         view (`ModelView`): the suspect, over a budgeted `FileSet`.
@@ -199,18 +203,19 @@ def read_sample(
         secret (`bytes`): deployment secret (chooses layers and unit blocks).
         suspect_key (`str`): identity of the suspect version (``hub/repo@commit``).
         settings (`SamplingSettings`): sizes.
+        costs (`dict[str, int] | None`): if given, filled with bytes spent per phase (``vocab``, ``weights``).
     """
     if "embed" not in view.tensors:
         raise UnsupportedFormat("suspect has no token embedding tensor")
+    stats = view.fileset.stats
+    before_vocab = stats.bytes_read
     strings, ids = _suspect_ids(view, tokens, refs)
+    before_weights = stats.bytes_read
+    plan: list[tuple[str, Sequence[int] | None, Sequence[int] | None]] = []
+    order = np.argsort(ids)
     if len(ids):
-        order = np.argsort(ids)
-        rows = view.read_rows("embed", ids[order].tolist())
-        embed = np.empty_like(rows)
-        embed[order] = rows
-    else:
-        embed = np.zeros((0, view.tensors["embed"].shape[1]), dtype=np.float32)
-    layers: list[LayerSample] = []
+        plan.append(("embed", ids[order].tolist(), None))
+    picks: list[tuple[int, str, int, bool]] = []  # (layer, kind, start, has_gain)
     for layer in choose_layers(
         secret, suspect_key=suspect_key, n_layers=view.arch.n_layers, k=settings.layers
     ):
@@ -220,15 +225,28 @@ def read_sample(
         start, end = choose_unit_block(
             secret, suspect_key=suspect_key, layer=layer, n_units=n_units, k=settings.rows_per_layer
         )
-        units = (
-            view.read_cols(key, range(start, end))
-            if kind == "down"
-            else view.read_rows(key, range(start, end))
-        )
-        gain = _mlp_gain(view, layer) if kind != "down" else None
+        plan.append((key, None, range(start, end)) if kind == "down" else (key, range(start, end), None))
+        has_gain = kind != "down" and _has(view, f"layers.{layer}.mlp_norm")
+        if has_gain:
+            plan.append((f"layers.{layer}.mlp_norm", None, None))
+        picks.append((layer, kind, start, has_gain))
+    arrays = iter(view.read_batch(plan))
+    if len(ids):
+        rows = next(arrays)
+        embed = np.empty_like(rows)
+        embed[order] = rows
+    else:
+        embed = np.zeros((0, view.tensors["embed"].shape[1]), dtype=np.float32)
+    layers: list[LayerSample] = []
+    for layer, kind, start, has_gain in picks:
+        units = next(arrays)
+        gain = next(arrays).reshape(-1) if has_gain else None
         if units.ndim != 2:
-            raise FormatError(f"{key}: expected a matrix, got shape {units.shape}")
+            raise FormatError(f"layer {layer} {kind}: expected a matrix, got shape {units.shape}")
         layers.append(LayerSample(layer=layer, kind=kind, start=start, units=units, gain=gain))  # type: ignore[arg-type]
+    if costs is not None:
+        costs["vocab"] = before_weights - before_vocab
+        costs["weights"] = stats.bytes_read - before_weights
     return SuspectSample(
         arch=_arch_dict(view),
         tokens=tuple(strings),
