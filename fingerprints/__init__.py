@@ -33,7 +33,7 @@ from fingerprints.stats import (
 )
 from fingerprints.structure import StructureSignature, comparable, signature
 from fingerprints.tokens import align_tokens
-from fingerprints.units import UNIT_NULL, unit_layer_test
+from fingerprints.units import UNIT_NULL, unit_layer_test, unit_layer_tests
 from fingerprints.verdict import COMBINED_NULL, ComparePolicy, Comparison, compare
 
 __all__ = [
@@ -65,5 +65,6 @@ __all__ = [
     "signature",
     "to_p",
     "unit_layer_test",
+    "unit_layer_tests",
     "unit_profiles",
 ]

@@ -61,17 +61,16 @@ def best_matches(query: np.ndarray, reference: np.ndarray, *, absolute: bool = F
         return Matches(empty, np.zeros(k), np.zeros(k), np.ones(k))
     idx = np.argmax(sim, axis=1)
     rows = np.arange(k)
-    best = sim[rows, idx]
+    best = sim[rows, idx].copy()
+    sign = np.sign(corr[rows, idx])
+    sign[sign == 0] = 1
     if sim.shape[1] > 1:
-        sim2 = sim.copy()
-        sim2[rows, idx] = -np.inf
-        runner = sim2.max(axis=1)
+        sim[rows, idx] = -np.inf  # in place: both matrices were made here and are not needed again
+        runner = sim.max(axis=1)
     else:
         runner = np.zeros(k)
     valid = np.linalg.norm(query, axis=1) > 0
     idx = np.where(valid, idx, -1)
-    sign = np.sign(corr[rows, np.maximum(idx, 0)])
-    sign[sign == 0] = 1
     return Matches(idx, np.where(valid, best, 0.0), np.where(valid, runner, 0.0), sign)
 
 

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fingerprints.matching import standardize_rows
+
 __all__ = [
     "UNIT_KINDS",
     "LayerSample",
@@ -75,8 +77,9 @@ class ReferenceFingerprint:
         token_ids (`np.ndarray`): ``(T,)`` ids of the secret token block in the protected vocabulary.
         tokens (`tuple[str, ...]`): the block's token strings (suspects are mapped by string, not id).
         embed (`np.ndarray`): ``(T, d)`` embedding rows of the block.
-        profiles (`dict[str, np.ndarray]`): per unit kind, ``(L, d_ff, T)`` float16 raw token profiles of
-            every unit of every layer.
+        profiles (`dict[str, np.ndarray]`): per unit kind, ``(L, d_ff, T)`` float16 token profiles of
+            every unit of every layer, with the layer's common directions projected out and each row
+            standardised (matching one suspect block against a whole layer is then one matrix product).
         bases (`dict[str, np.ndarray]`): per unit kind, ``(L, T, r)`` common token directions per layer
             (see `common_directions`).
         mlp_norms (`np.ndarray | None`): ``(L, d)`` gains of the norms feeding the MLPs.
@@ -188,8 +191,10 @@ class ReferenceBuilder:
                 raise ValueError(f"unknown unit kind {kind!r}")
             gain = mlp_gain if kind != "down" else None
             prof = unit_profiles(mat, self.embed, gain)
-            self._profiles.setdefault(kind, {})[index] = prof.astype(np.float16)
-            self._bases.setdefault(kind, {})[index] = common_directions(prof)
+            basis = common_directions(prof)
+            cleaned = standardize_rows(prof - (prof @ basis) @ basis.T)
+            self._profiles.setdefault(kind, {})[index] = cleaned.astype(np.float16)
+            self._bases.setdefault(kind, {})[index] = basis
         if mlp_gain is not None:
             self._gains[index] = np.asarray(mlp_gain, dtype=np.float32)
 
@@ -249,6 +254,7 @@ class SuspectSample:
         embed (`np.ndarray`): ``(T, d)`` those rows.
         layers (`tuple[LayerSample, ...]`): sampled MLP unit blocks.
         quantization (`str | None`): declared storage quantisation (``gguf:Q4_K``, ``gptq:4bit``...).
+        token_ids (`np.ndarray | None`): the suspect's ids of ``tokens`` (reveals vocabulary reordering).
     """
 
     arch: dict[str, Any]
@@ -256,3 +262,4 @@ class SuspectSample:
     embed: np.ndarray
     layers: tuple[LayerSample, ...]
     quantization: str | None = None
+    token_ids: np.ndarray | None = None

@@ -34,6 +34,7 @@ __all__ = [
     "UnitLayerEvidence",
     "approximate_permuted_evidence",
     "unit_layer_test",
+    "unit_layer_tests",
 ]
 
 UNIT_NULL = (
@@ -108,62 +109,141 @@ def _remove_common(x: np.ndarray, basis: np.ndarray) -> np.ndarray:
     return x - (x @ basis) @ basis.T
 
 
-def _score(sus_raw: np.ndarray, ref_raw: np.ndarray, basis: np.ndarray) -> tuple[float, Matches, np.ndarray]:
-    """Match after projecting out the layer's common token directions (restricted to the shared tokens)."""
-    q, _ = np.linalg.qr(basis)
-    m = best_matches(
-        standardize_rows(_remove_common(sus_raw, q)), standardize_rows(_remove_common(ref_raw, q))
-    )
-    run_pos = increasing_run(m.index)
-    return increasing_run_tail_log10(len(m.index), len(run_pos)), m, run_pos
+class _LayerMatcher:
+    """Protected layers prepared for matching against one suspect's shared tokens.
+
+    With the full token block (the common case) the stored profiles are used as they are; with a subset of
+    tokens (vocabulary changes) both sides are re-projected on the subset and re-standardised.
+    """
+
+    def __init__(self, ref_profiles: np.ndarray, ref_bases: np.ndarray, cols: np.ndarray) -> None:
+        self.profiles, self.bases, self.cols = ref_profiles, ref_bases, cols
+        t = ref_profiles.shape[2]
+        self.full = len(cols) == t and bool(np.array_equal(cols, np.arange(t)))
+
+    def score_many(
+        self, sus_raw: Sequence[np.ndarray], layer: int
+    ) -> list[tuple[float, Matches, np.ndarray]]:
+        """Match several suspect blocks against one protected layer (prepared once)."""
+        if self.full:
+            basis = self.bases[layer]
+            ref = self.profiles[layer].astype(np.float32)
+        else:
+            basis, _ = np.linalg.qr(self.bases[layer][self.cols])
+            ref = standardize_rows(
+                _remove_common(self.profiles[layer][:, self.cols].astype(np.float32), basis)
+            )
+        stacked = standardize_rows(_remove_common(np.concatenate(list(sus_raw)), basis))
+        every = best_matches(stacked, ref)
+        out = []
+        pos = 0
+        for block in sus_raw:
+            sl = slice(pos, pos + block.shape[0])
+            pos += block.shape[0]
+            m = Matches(every.index[sl], every.score[sl], every.runner_up[sl], every.sign[sl])
+            run_pos = increasing_run(m.index)
+            out.append((increasing_run_tail_log10(len(m.index), len(run_pos)), m, run_pos))
+        return out
 
 
-def unit_layer_test(
-    sample: LayerSample,
+@dataclass
+class _Search:
+    """Search state of one sampled suspect layer across protected layers."""
+
+    sample: LayerSample
+    profiles: np.ndarray
+    order: list[int]
+    preferred: set[int]
+    best: tuple[float, int, Matches, np.ndarray] | None = None
+    scores: dict[int, np.ndarray] | None = None
+    examined: int = 0
+    done: bool = False
+
+
+def unit_layer_tests(
+    samples: Sequence[LayerSample],
     sus_embed: np.ndarray,
     ref_profiles: np.ndarray,
     ref_bases: np.ndarray,
     ref_cols: np.ndarray,
     *,
-    preferred: Sequence[int] = (),
+    preferred: Sequence[Sequence[int]] | None = None,
+    window: int | None = None,
     stop_log10_p: float = -12.0,
-) -> UnitLayerEvidence:
-    """Test one sampled suspect layer against the protected model's layers.
+) -> list[UnitLayerEvidence]:
+    """Test sampled suspect layers (of one unit kind) against the protected model's layers.
+
+    Each protected layer is prepared once and matched against every suspect block still searching, so the
+    cost is one pass over the protected layers whatever the number of sampled layers.
 
     Args:
-        sample (`LayerSample`): the suspect's unit block.
+        samples (`Sequence[LayerSample]`): the suspect's unit blocks, all of the same kind.
         sus_embed (`np.ndarray`): ``(n, d)`` suspect embedding rows of the shared tokens.
-        ref_profiles (`np.ndarray`): ``(L, d_ff, T)`` protected raw profiles of this unit kind.
+        ref_profiles (`np.ndarray`): ``(L, d_ff, T)`` protected profiles of this unit kind (cleaned and
+            standardised, see `fingerprints.reference.ReferenceFingerprint`).
         ref_bases (`np.ndarray`): ``(L, T, r)`` the layers' common token directions (projected out of both
             sides before matching; they depend on the protected model only, so the test stays exact).
         ref_cols (`np.ndarray`): ``(n,)`` columns of ``ref_profiles`` for the shared tokens, in the order of
             ``sus_embed``'s rows.
-        preferred (`Sequence[int]`): protected layers to try first (same relative depth); the search stops
-            early once one reaches ``stop_log10_p`` after adjustment. The Bonferroni factor is always the
-            full number of protected layers, so stopping early never inflates significance.
+        preferred (`Sequence[Sequence[int]]`): per sample, protected layers to try first (same relative
+            depth); a sample's search stops once one of them reaches ``stop_log10_p`` after adjustment. The
+            Bonferroni factor is always the full number of protected layers, so stopping early never
+            inflates significance.
+        window (`int | None`): examine only protected layers within this distance of a sample's preferred
+            layers (``None``: every layer). Looking at fewer layers can only raise p-values — the
+            Bonferroni factor stays the full layer count — so a narrow first pass is safe; callers widen it
+            when the depth differs or other evidence points at a derivative.
         stop_log10_p (`float`): early-stopping level.
     """
     n_ref_layers = ref_profiles.shape[0]
-    sus = unit_profiles(sample.units, sus_embed, sample.gain if sample.kind != "down" else None)
-    order = list(dict.fromkeys([p for p in preferred if 0 <= p < n_ref_layers] + list(range(n_ref_layers))))
-    best: tuple[float, int, Matches, np.ndarray] | None = None
-    best_scores: dict[int, np.ndarray] = {}
-    examined = 0
-    for la in order:
-        ref = ref_profiles[la][:, ref_cols].astype(np.float32)
-        raw, m, run_pos = _score(sus, ref, ref_bases[la][ref_cols])
-        best_scores[la] = m.score
-        examined += 1
-        if (
-            best is None
-            or raw < best[0]
-            or (raw == best[0] and np.median(m.score) > np.median(best[2].score))
-        ):
-            best = (raw, la, m, run_pos)
-        if bonferroni_log10(best[0], n_ref_layers) <= stop_log10_p and la in preferred:
+    matcher = _LayerMatcher(ref_profiles, ref_bases, np.asarray(ref_cols))
+    searches = []
+    for i, sample in enumerate(samples):
+        pref = [p for p in (preferred[i] if preferred else ()) if 0 <= p < n_ref_layers]
+        allowed = list(range(n_ref_layers))
+        if window is not None and pref:
+            allowed = [la for la in allowed if min(abs(la - p) for p in pref) <= window]
+        searches.append(
+            _Search(
+                sample=sample,
+                profiles=unit_profiles(
+                    sample.units, sus_embed, sample.gain if sample.kind != "down" else None
+                ),
+                order=list(dict.fromkeys(pref + allowed)),
+                preferred=set(pref),
+                scores={},
+            )
+        )
+    for step in range(n_ref_layers):
+        active = [s for s in searches if not s.done and step < len(s.order)]
+        if not active:
             break
-    assert best is not None
-    raw, la, m, run_pos = best
+        by_layer: dict[int, list[_Search]] = {}
+        for s in active:
+            by_layer.setdefault(s.order[step], []).append(s)
+        for la, group in by_layer.items():
+            for s, (raw, m, run_pos) in zip(
+                group, matcher.score_many([g.profiles for g in group], la), strict=True
+            ):
+                assert s.scores is not None
+                s.scores[la] = m.score
+                s.examined += 1
+                if (
+                    s.best is None
+                    or raw < s.best[0]
+                    or (raw == s.best[0] and np.median(m.score) > np.median(s.best[2].score))
+                ):
+                    s.best = (raw, la, m, run_pos)
+                if bonferroni_log10(s.best[0], n_ref_layers) <= stop_log10_p and la in s.preferred:
+                    s.done = True
+    return [_evidence(s, n_ref_layers) for s in searches]
+
+
+def _evidence(s: _Search, n_ref_layers: int) -> UnitLayerEvidence:
+    assert s.best is not None
+    assert s.scores is not None
+    raw, la, m, run_pos = s.best
+    sample = s.sample
     k = len(m.index)
     positions = sample.start + np.arange(k)
     fixed = int(np.sum(m.index == positions))
@@ -177,7 +257,7 @@ def unit_layer_test(
         order_kind = "permuted"
     else:
         order_kind = "none"
-    others = [s for lb, s in best_scores.items() if lb != la and abs(lb - la) >= 2]
+    others = [v for lb, v in s.scores.items() if lb != la and abs(lb - la) >= 2]
     return UnitLayerEvidence(
         layer=sample.layer,
         kind=sample.kind,
@@ -190,10 +270,32 @@ def unit_layer_test(
         offset=offset,
         strong=strong,
         median_score=float(np.median(m.score)) if k else 0.0,
-        layers_examined=examined,
+        layers_examined=s.examined,
         order=order_kind,
         scores_other=np.concatenate(others) if others else np.zeros(0),
     )
+
+
+def unit_layer_test(
+    sample: LayerSample,
+    sus_embed: np.ndarray,
+    ref_profiles: np.ndarray,
+    ref_bases: np.ndarray,
+    ref_cols: np.ndarray,
+    *,
+    preferred: Sequence[int] = (),
+    stop_log10_p: float = -12.0,
+) -> UnitLayerEvidence:
+    """`unit_layer_tests` for a single sampled layer."""
+    return unit_layer_tests(
+        [sample],
+        sus_embed,
+        ref_profiles,
+        ref_bases,
+        ref_cols,
+        preferred=[preferred],
+        stop_log10_p=stop_log10_p,
+    )[0]
 
 
 def approximate_permuted_evidence(

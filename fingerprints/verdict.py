@@ -20,13 +20,18 @@ from typing import Any
 
 import numpy as np
 
-from fingerprints.reference import ReferenceFingerprint, SuspectSample
+from fingerprints.reference import LayerSample, ReferenceFingerprint, SuspectSample
 from fingerprints.residual import ResidualEvidence, residual_test
 from fingerprints.stats import fisher_combine_log10, to_p
 from fingerprints.tokens import align_tokens
-from fingerprints.units import UnitLayerEvidence, approximate_permuted_evidence, unit_layer_test
+from fingerprints.units import UnitLayerEvidence, approximate_permuted_evidence, unit_layer_tests
 
 __all__ = ["COMBINED_NULL", "ComparePolicy", "Comparison", "compare"]
+
+WINDOW = 2
+"""First-pass search radius (protected layers around the corresponding depth)."""
+WIDEN_LOG10_P = -3.0
+"""Any exact test at or below this level widens the unit search to every protected layer."""
 
 COMBINED_NULL = (
     "the suspect's weights come from an initialisation independent of the protected model "
@@ -94,6 +99,17 @@ def _preferred_layers(sus_layer: int, sus_layers: int, ref_layers: int) -> list[
     return [c for c in (sus_layer, centre, centre - 1, centre + 1) if 0 <= c < ref_layers]
 
 
+def _reordered(ref: ReferenceFingerprint, sample: SuspectSample) -> bool:
+    """Whether the shared tokens sit at other ids in the suspect (a reordered or rebuilt vocabulary)."""
+    if sample.token_ids is None:
+        return False
+    ref_ids = dict(zip(ref.tokens, ref.token_ids.tolist(), strict=True))
+    pairs = [
+        (ref_ids[t], i) for t, i in zip(sample.tokens, sample.token_ids.tolist(), strict=True) if t in ref_ids
+    ]
+    return bool(pairs) and sum(a != b for a, b in pairs) > 0.1 * len(pairs)
+
+
 def _transform(
     res: ResidualEvidence | None,
     units: list[UnitLayerEvidence],
@@ -143,12 +159,17 @@ def _transform(
             med = float(np.median(medians))
             if med < 0.995:
                 parts.append(f"weights changed (median unit corr {med:.3f})")
+        unmatched = sum(u.order == "none" for u in units)
+        if unmatched:
+            parts.append(f"MLP units unmatched in {unmatched}/{len(units)} sampled layers (heavily changed)")
     vocab_b = sample.arch.get("vocab_size")
     vocab_a = ref.arch.get("vocab_size")
     if vocab_a and vocab_b and vocab_a != vocab_b:
         parts.append(f"vocabulary {vocab_a}→{vocab_b}")
     if alignment_mode != "exact":
         parts.append("token strings rewritten")
+    if _reordered(ref, sample):
+        parts.append("token ids reordered")
     if sample.quantization:
         parts.append(sample.quantization)
     if not parts or parts == ["same residual basis"]:
@@ -184,21 +205,38 @@ def compare(
     exact_log10 = [res.log10_p]
     unit_ev: list[UnitLayerEvidence] = []
     sus_layers = int(sample.arch.get("n_layers") or 1)
+    by_kind: dict[str, list[LayerSample]] = {}
     for ls in sample.layers:
-        profiles = ref.profiles.get(ls.kind)
-        if profiles is None:
-            continue
-        ev = unit_layer_test(
-            ls,
+        if ls.kind in ref.profiles:
+            by_kind.setdefault(ls.kind, []).append(ls)
+    same_depth = sus_layers == ref.n_layers
+    for kind, group in by_kind.items():
+        profiles = ref.profiles[kind]
+        prefs = [_preferred_layers(ls.layer, sus_layers, profiles.shape[0]) for ls in group]
+        # Same depth: look near the corresponding layers first (a fraction of the cost for the many
+        # unrelated uploads); widen to every layer when the depth differs or anything looks related.
+        evs = unit_layer_tests(
+            group,
             sus_rows,
             profiles,
-            ref.bases[ls.kind],
+            ref.bases[kind],
             align.ref_index,
-            preferred=_preferred_layers(ls.layer, sus_layers, profiles.shape[0]),
+            preferred=prefs,
+            window=WINDOW if same_depth else None,
         )
-        unit_ev.append(ev)
-        tests.append(ev.record())
-        exact_log10.append(ev.log10_p)
+        related = (
+            res.log10_p <= WIDEN_LOG10_P
+            or any(e.log10_p <= WIDEN_LOG10_P for e in evs)
+            or any(e.order == "permuted" for e in evs)
+        )
+        if same_depth and related and any(e.log10_p > np.log10(policy.alpha) for e in evs):
+            evs = unit_layer_tests(
+                group, sus_rows, profiles, ref.bases[kind], align.ref_index, preferred=prefs
+            )
+        for ev in evs:
+            unit_ev.append(ev)
+            tests.append(ev.record())
+            exact_log10.append(ev.log10_p)
     combined = fisher_combine_log10(exact_log10)
     effects["residual"] = {"basis": res.basis, "strong": res.strong, "dims": res.n_dims}
     effects["units"] = [

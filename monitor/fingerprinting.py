@@ -253,4 +253,5 @@ def read_sample(
         embed=embed,
         layers=tuple(layers),
         quantization=view.arch.quantization,
+        token_ids=np.asarray(ids, dtype=np.int64),
     )

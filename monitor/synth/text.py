@@ -94,13 +94,14 @@ class WordVocab:
 
     def tokenizer_json(self) -> dict[str, object]:
         """A ``tokenizers``-format ``tokenizer.json`` with a WordLevel model (what hub repos ship)."""
+        index = self.index
         return {
             "version": "1.0",
             "truncation": None,
             "padding": None,
             "added_tokens": [
                 {
-                    "id": i,
+                    "id": index[t],
                     "content": t,
                     "single_word": False,
                     "lstrip": False,
@@ -108,11 +109,12 @@ class WordVocab:
                     "normalized": False,
                     "special": True,
                 }
-                for i, t in enumerate(SPECIAL_TOKENS)
+                for t in SPECIAL_TOKENS
+                if t in index
             ],
             "normalizer": {"type": "Lowercase"},
             "pre_tokenizer": {"type": "Whitespace"},
             "post_processor": None,
             "decoder": None,
-            "model": {"type": "WordLevel", "vocab": self.index, "unk_token": "[UNK]"},
+            "model": {"type": "WordLevel", "vocab": index, "unk_token": "[UNK]"},
         }

@@ -91,6 +91,8 @@ def train(
     *,
     init_state: Mapping[str, np.ndarray] | None = None,
     threads: int | None = None,
+    ids: np.ndarray | None = None,
+    mask_id: int = 4,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Train a model (from scratch, or fine-tune from ``init_state``) and return its weights.
 
@@ -99,6 +101,9 @@ def train(
         spec: seeds, data and optimisation.
         init_state: start from these weights (a fine-tune); missing head tensors keep their init.
         threads: torch intra-op threads (the benchmark runs one job at a time on 2 cores).
+        ids: training token ids in the model's own vocabulary (default: the corpus split under the shared
+            word vocabulary) — real models such as all-MiniLM-L6-v2 are fine-tuned on text mapped into theirs.
+        mask_id: the ``[MASK]`` id for masked-LM training.
 
     Returns:
         ``(state, info)`` — float32 numpy checkpoint and ``{"loss_first", "loss_last", "steps"}``.
@@ -115,7 +120,8 @@ def train(
             if k in current and tuple(current[k].shape) == tuple(v.shape)
         }
         model.load_state_dict(loaded, strict=False)
-    ids = corpus_ids(spec.split, config.vocab_size)
+    if ids is None:
+        ids = corpus_ids(spec.split, config.vocab_size)
     rng = np.random.default_rng(spec.data_seed if spec.data_seed is not None else spec.seed)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -140,7 +146,7 @@ def train(
         if isinstance(model, LlamaLM):
             loss = model.loss(batch)
         else:
-            inputs, labels = _mask_tokens(batch, rng, mask_id=4, vocab=config.vocab_size)
+            inputs, labels = _mask_tokens(batch, rng, mask_id=mask_id, vocab=config.vocab_size)
             logits = model.mlm_logits(model(inputs, pad_id=0))
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         opt.zero_grad(set_to_none=True)
