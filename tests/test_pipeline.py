@@ -170,7 +170,9 @@ def test_full_cycle_alerts_once_and_survives_a_restart(world):
     assert {d["state"] for d in done} == {"done"}
     assert len(done) == 7
     evidence = json.loads(next(a for a in alerts if a["repo_id"] == "org/tuned")["evidence_json"])
-    assert evidence["commit"] and evidence["bytes_read"] > 0 and evidence["finding"]["null"]
+    assert evidence["commit"]
+    assert evidence["bytes_read"] > 0
+    assert evidence["finding"]["null"]
 
 
 def test_compare_command_json(world, monkeypatch):
