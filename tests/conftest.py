@@ -13,9 +13,9 @@ os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hubsentry-hf-home-"))
 os.environ.pop("HF_TOKEN", None)
 os.environ.pop("HF_ENDPOINT", None)
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")
