@@ -177,6 +177,17 @@ def status(app: App, as_json: bool) -> None:
             c["hub"], c["sort"], c["high_water"] or "", band, c["last_ok_at"] or "", c["last_error"] or ""
         )
     out.print(grid)
+    fp = config.fingerprint
+    used = summary["comparisons_24h"]
+    warn = (
+        " [bold red](over budget: the daily error guarantee no longer holds)[/]"
+        if used > fp.max_comparisons_per_day
+        else ""
+    )
+    out.print(
+        f"comparisons in the last 24 h: {used:,} of {fp.max_comparisons_per_day:,} budgeted "
+        f"(per-comparison α = {fp.per_comparison_alpha:.1e}, family α/day = {fp.family_alpha_per_day}){warn}"
+    )
     counts = summary["queue"]["counts"]
     out.print(
         "queue: "
