@@ -44,8 +44,9 @@ class ResidualEvidence:
         strong (`int`): dimensions whose best |corr| is at least 0.5.
         sign_flips (`int`): strong matches with negative correlation.
         median_abs_corr (`float`): median best |corr|.
-        basis (`str`): ``identity``, ``sign-flips``, ``width-pruned``, ``permuted``, ``permuted+sign-flips``,
-            ``no one-to-one match`` (rotated, or unrelated).
+        basis (`str`): ``identity``, ``sign-flips``, ``width-pruned``, ``drifted`` (same basis, embeddings
+            changed a lot), ``permuted``, ``permuted+sign-flips``, ``no one-to-one match`` (rotated, heavily
+            changed, or unrelated).
         n_tokens (`int`): token rows the correlations were computed over.
     """
 
@@ -103,6 +104,8 @@ def residual_test(ref_embed: np.ndarray, sus_embed: np.ndarray) -> ResidualEvide
         basis = "sign-flips" if flips >= 0.1 * max(1, strong) else "identity"
     elif run >= 0.9 * d:
         basis = "width-pruned" if d < ref_embed.shape[1] else "shifted"
+    elif fixed >= 0.25 * d:
+        basis = "drifted"
     elif strong >= 0.6 * d:
         basis = "permuted+sign-flips" if flips >= 0.1 * strong else "permuted"
     else:

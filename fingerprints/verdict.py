@@ -119,6 +119,8 @@ def _transform(
     shared: int,
 ) -> str:
     parts: list[str] = []
+    # Columns that match nothing one-to-one while unit profiles (rotation-invariant) match well: a rotation.
+    rotated = any(u.order in ("identity", "monotone", "permuted") and u.median_score >= 0.5 for u in units)
     if res is not None:
         parts.append(
             {
@@ -128,7 +130,8 @@ def _transform(
                 "shifted": "residual basis shifted",
                 "permuted": "residual permutation",
                 "permuted+sign-flips": "residual permutation + sign flips",
-                "no one-to-one match": "residual rotation",
+                "drifted": "same residual basis (embeddings drifted)",
+                "no one-to-one match": "residual rotation" if rotated else "residual basis not matched",
             }.get(res.basis, res.basis)
         )
     if units:
