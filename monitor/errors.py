@@ -20,9 +20,16 @@ Retry logic branches on these classes, never on message text::
         └── PermanentNotifyError         invalid channel, revoked token: operator must act
 
 Every error carries a message that says what to do next where we know it.
+
+Every error pickles and unpickles to an equal error (same class, message, attributes), so a scan that
+fails on a remote Dask worker reaches the worker's classifier as the class it was raised as. Errors
+whose ``__init__`` takes keyword-only arguments list them in ``_KEYWORDS``; `HubSentryError.__reduce__`
+passes them back by keyword (Python's default reduction passes only ``args``, which fails for them).
 """
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 __all__ = [
     "BudgetExceeded",
@@ -44,8 +51,24 @@ __all__ = [
 ]
 
 
+def _rebuild(cls: type[HubSentryError], args: tuple[Any, ...], keywords: dict[str, Any]) -> HubSentryError:
+    """Unpickling helper: call ``cls`` with its positional and keyword-only arguments."""
+    return cls(*args, **keywords)
+
+
 class HubSentryError(Exception):
-    """Base class of every error HubSentry raises on purpose."""
+    """Base class of every error HubSentry raises on purpose.
+
+    Subclasses whose ``__init__`` has keyword-only arguments name them (as attribute names) in
+    ``_KEYWORDS`` so that pickling keeps working.
+    """
+
+    _KEYWORDS: ClassVar[tuple[str, ...]] = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Rebuild with the keyword-only arguments too, and keep extra attributes (``reason``...)."""
+        keywords = {name: getattr(self, name) for name in self._KEYWORDS}
+        return (_rebuild, (type(self), self.args, keywords), self.__dict__ or None)
 
 
 class ConfigError(HubSentryError):
@@ -62,6 +85,8 @@ class RateLimited(HubError):
     Attributes:
         retry_after_s (`float`): seconds to wait before the next request to that bucket.
     """
+
+    _KEYWORDS = ("retry_after_s",)
 
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message)
@@ -97,7 +122,14 @@ class UnsupportedFormat(FormatError):
 
 
 class BudgetExceeded(HubSentryError):
-    """Reading the requested bytes would exceed the per-repo byte budget."""
+    """Reading the requested bytes would exceed the per-repo byte budget.
+
+    Attributes:
+        budget (`int`): the per-repo byte budget.
+        requested (`int`): bytes the refused read would have brought the total to.
+    """
+
+    _KEYWORDS = ("budget", "requested")
 
     def __init__(self, message: str, *, budget: int, requested: int) -> None:
         super().__init__(message)
@@ -119,6 +151,8 @@ class RetryableNotifyError(NotifyError):
     Attributes:
         retry_after_s (`float | None`): the sink's own hint, if it gave one.
     """
+
+    _KEYWORDS = ("retry_after_s",)
 
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)

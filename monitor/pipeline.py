@@ -252,10 +252,14 @@ def scan_snapshot(ctx: PipelineContext, hub: HubSource, snap: RepoSnapshot) -> S
             )
     except BudgetExceeded as exc:
         notes.append(f"byte budget exceeded, scan stopped: {exc}")
+        log.warning(
+            "%s:%s@%s: byte budget exceeded, scan stopped: %s", snap.hub, snap.repo_id, snap.commit[:12], exc
+        )
     except CommitMoved:
         raise
     except FormatError as exc:
         notes.append(f"weights not readable: {exc}")
+        log.warning("%s:%s@%s: weights not readable: %s", snap.hub, snap.repo_id, snap.commit[:12], exc)
     return outcome(fmt, fileset.stats.snapshot())
 
 

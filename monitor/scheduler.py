@@ -24,6 +24,7 @@ check the event between items, so a stop takes seconds. A second signal only log
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib
 import logging
@@ -125,6 +126,7 @@ def build_hub(hub: HubConfig, *, stop: threading.Event | None = None) -> HubSour
     """The client for one ``[[hubs]]`` entry, with its own rate limiter and the token it names."""
     from monitor.hubs.huggingface import HuggingFaceSource
     from monitor.hubs.ratelimit import HubRateLimiter
+    from monitor.remote.transport import DEFAULT_HTTP
 
     token = resolve_secret(hub.token)
     limiter = HubRateLimiter.default(
@@ -139,6 +141,11 @@ def build_hub(hub: HubConfig, *, stop: threading.Event | None = None) -> HubSour
         hub.endpoint,
         token.reveal() if token is not None else None,
         limiter=limiter,
+        http=dataclasses.replace(
+            DEFAULT_HTTP,
+            connect_timeout_s=min(DEFAULT_HTTP.connect_timeout_s, hub.timeout_s),
+            read_timeout_s=hub.timeout_s,
+        ),
         api_timeout_s=hub.timeout_s,
         stop=stop,
     )
@@ -167,11 +174,25 @@ class Services:
     created alerts wakes ``deliver``, so an alert leaves seconds after detection."""
 
     def wake_job(self, job_id: str) -> None:
-        if self.wake is not None:
-            try:
-                self.wake(job_id)
-            except Exception as exc:  # the job may be gone during shutdown; its interval still runs it
-                log.debug("waking %s failed: %s", job_id, exc)
+        """Ask the scheduler to run ``job_id`` now, without ever blocking the calling job.
+
+        ``scheduler.shutdown(wait=True)`` holds the scheduler's job-store lock while it waits for running
+        jobs; a job calling ``modify_job`` then would wait for that lock forever and the stop would hang.
+        So nothing is woken once the daemon is stopping, and the request runs on a short-lived daemon
+        thread, which at worst waits for the shutdown to finish.
+        """
+        if self.wake is None or self.stop.is_set():
+            return
+        threading.Thread(
+            target=self._wake, args=(job_id,), name=f"hubsentry-wake-{job_id}", daemon=True
+        ).start()
+
+    def _wake(self, job_id: str) -> None:
+        assert self.wake is not None
+        try:
+            self.wake(job_id)
+        except Exception as exc:  # the job may be gone during shutdown; its interval still runs it
+            log.debug("waking %s failed: %s", job_id, exc)
 
     def close(self) -> None:
         """Stop the executor (waits for running scans), then the store (finishes queued writes)."""

@@ -61,6 +61,8 @@ def validate_model_repo_id(repo_id: object) -> str:
         raise ValueError(f"repo id must be a string, got {type(repo_id).__name__}")
     if not repo_id.isascii():
         raise ValueError(f"repo id {repo_id!r} contains non-ASCII characters")
+    if _CONTROL_RE.search(repo_id):  # before huggingface_hub's check: its message quotes the id raw
+        raise ValueError(f"invalid repo id {repo_id!r}: contains control characters")
     if repo_id.count("/") != 1:
         raise ValueError(f"model repo id {repo_id!r} must have the form 'namespace/name' (exactly one '/')")
     try:

@@ -24,6 +24,7 @@ import pytest
 
 from monitor.alerts import outbox
 from monitor.alerts.delivery import (
+    DEFAULT_POLICY,
     DeliveryReport,
     RetryPolicy,
     deliver_due,
@@ -344,7 +345,7 @@ def test_crash_after_post_before_commit_does_not_duplicate(store, sinks, slack, 
     outbox.mark_sending(store, head["id"], at=clock())
     sinks[SLACK].send(Alert.from_row(head))  # it reached Slack...
     # ...and the process died here. On restart:
-    clock.advance(5)
+    clock.advance(DEFAULT_POLICY.base_s + 1)
     report = run(store, {SLACK: sinks[SLACK]}, clock)
     assert report.recovered == 1
     assert report.delivered == 1
@@ -355,7 +356,7 @@ def test_crash_before_post_sends_exactly_once(store, sinks, slack, clock):
     (k1,) = add_alerts(store, clock, 1, sinks=(SLACK,))
     head = outbox.head_row(store, SLACK)
     outbox.mark_sending(store, head["id"], at=clock())  # died before the request left
-    clock.advance(5)
+    clock.advance(DEFAULT_POLICY.base_s + 1)
     report = run(store, {SLACK: sinks[SLACK]}, clock)
     assert (report.recovered, report.delivered) == (0, 1)
     assert slack_keys(slack) == [k1]
@@ -408,7 +409,8 @@ def test_real_kill_9_mid_send_does_not_duplicate(tmp_path):
                 assert slack_keys(slack) == [key]  # it did land after the kill
                 assert rows(store)[0]["state"] == "sending"
                 sink = SlackSink("#model-ip", TOKEN, base_url=slack.base_url, timeout=5)
-                report = deliver_due(store, {SLACK: sink}, threading.Event())
+                later = datetime.now(UTC) + timedelta(seconds=DEFAULT_POLICY.base_s + 1)
+                report = deliver_due(store, {SLACK: sink}, threading.Event(), now=lambda: later)
                 assert report.recovered == 1
                 assert rows(store)[0]["state"] == "delivered"
                 assert slack_keys(slack) == [key]
@@ -494,6 +496,7 @@ def test_a_lookup_bug_blocks_the_row_instead_of_crashing(store, clock, caplog):
     add_alerts(store, clock, 1, sinks=("odd",))
     head = outbox.head_row(store, "odd")
     outbox.mark_sending(store, head["id"], at=clock())
+    clock.advance(DEFAULT_POLICY.base_s + 1)
     with caplog.at_level(logging.ERROR, logger="monitor.alerts.delivery"):
         report = run(store, {"odd": BrokenLookup()}, clock)
     assert report.retried == 1

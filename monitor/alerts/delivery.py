@@ -199,8 +199,9 @@ def _deliver_sink(
         row = outbox.head_row(store, name)
         if row is None:
             return
-        if row["next_attempt_at"] > to_iso(now()):
-            report.blocked[name] = f"next attempt at {row['next_attempt_at']}"
+        due = _due(row, policy)
+        if due > to_iso(now()):
+            report.blocked[name] = f"next attempt at {due}"
             return
         try:
             alert = Alert.from_row(row)
@@ -221,6 +222,18 @@ def _deliver_sink(
             store, name, sink, row, alert, now=now, policy=policy, metrics=metrics, rng=rng, report=report
         ):
             return
+
+
+def _due(row: Mapping[str, Any], policy: RetryPolicy) -> str:
+    """When the head row may be tried. A row left ``sending`` by a crash waits ``policy.base_s`` after its
+    attempt started, as an uncertain failure does: the receiver may still be processing that request (the
+    process died, the request did not), and a lookup before it lands would send the alert twice."""
+    due = str(row["next_attempt_at"])
+    if row["outbox_state"] == "sending" and row["sending_since"] is not None:
+        since = from_iso(row["sending_since"])
+        assert since is not None
+        due = max(due, to_iso(since + timedelta(seconds=policy.base_s)))
+    return due
 
 
 def _recover(

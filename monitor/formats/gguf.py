@@ -281,6 +281,8 @@ def _tensor_infos(header: _Header, *, path: str, file_size: int) -> tuple[dict[s
         block_elems, block_bytes = GGML_QUANT_SIZES[qtype]
         numel = 1
         for d in ne:
+            if d > _MAX_ELEMS:  # bounded one by one: a zero dimension makes the product 0 whatever follows
+                raise FormatError(f"{where}: dimension {d} exceeds {_MAX_ELEMS}")
             numel *= d
             if numel > _MAX_ELEMS:
                 raise FormatError(f"{where}: shape product overflows")

@@ -115,6 +115,8 @@ def parse_header(
             dim = _int(d, f"{where}: shape entry")
             if dim < 0:
                 raise FormatError(f"{where}: negative dimension {dim}")
+            if dim > MAX_ELEMENTS:  # one by one: a zero dimension makes the product 0 whatever follows
+                raise FormatError(f"{where}: dimension {dim} exceeds {MAX_ELEMENTS}")
             numel *= dim
             if numel > MAX_ELEMENTS:
                 raise FormatError(f"{where}: shape product exceeds {MAX_ELEMENTS} elements")

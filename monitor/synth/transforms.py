@@ -134,7 +134,8 @@ def sign_flip_residual(state: Mapping[str, np.ndarray], rng: np.random.Generator
     d = out[nm["embed"]].shape[1]
     s = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=d)
     out[nm["embed"]] = out[nm["embed"]] * s
-    out[nm["head"]] = out[nm["head"]] * s
+    if nm["head"] in out:  # a tied head flips with the embeddings (s·s = 1 at the output)
+        out[nm["head"]] = out[nm["head"]] * s
     for i in range(n_layers(out)):
         pre = nm["prefix"].format(i=i)
         for key in ("q", "k", "v", "up", "gate"):
@@ -153,7 +154,8 @@ def fold_norms_and_rotate(state: Mapping[str, np.ndarray], rng: np.random.Genera
     """Fold every RMSNorm gain into the next linear layer, then rotate the residual stream.
 
     After folding, RMSNorm commutes with any orthogonal map, so ``E' = E Qᵀ``, ``W_in' = W_in diag(g) Qᵀ``,
-    ``W_out' = Q W_out`` preserve the function exactly (up to float error). All norm gains become 1.0.
+    ``W_out' = Q W_out`` preserve the function exactly (up to float error). All norm gains become 1.0. A model
+    with tied embeddings comes out untied (its output head absorbs the final gain), as an uploader would do.
     """
     out = _copy(state)
     if model_family(out) != "llama":
@@ -161,8 +163,9 @@ def fold_norms_and_rotate(state: Mapping[str, np.ndarray], rng: np.random.Genera
     nm = _names("llama")
     d = out[nm["embed"]].shape[1]
     q = _random_orthogonal(d, rng)
+    head = out.get(nm["head"], out[nm["embed"]])  # tied embeddings are untied: the output side is folded
+    out[nm["head"]] = (head * out[nm["final"]][None, :]) @ q.T
     out[nm["embed"]] = out[nm["embed"]] @ q.T
-    out[nm["head"]] = (out[nm["head"]] * out[nm["final"]][None, :]) @ q.T
     out[nm["final"]] = np.ones(d, dtype=np.float32)
     for i in range(n_layers(out)):
         pre = nm["prefix"].format(i=i)
