@@ -162,6 +162,8 @@ def _transform(
             med = float(np.median(medians))
             if med < 0.995:
                 parts.append(f"weights changed (median unit corr {med:.3f})")
+            elif med < 0.9999:
+                parts.append(f"weights slightly changed (median unit corr {med:.4f})")
         unmatched = sum(u.order == "none" for u in units)
         if unmatched:
             parts.append(f"MLP units unmatched in {unmatched}/{len(units)} sampled layers (heavily changed)")
