@@ -7,6 +7,11 @@ The result looks exactly like a ``transformers`` ``save_pretrained`` of a ``Llam
 ``max_shard_bytes``; a checkpoint that fits in one shard is a single ``model.safetensors`` without index.
 
 Every shard carries the same seed (or derivation), so a tensor's values do not depend on the sharding.
+Next to the weights go a real ``tokenizer.json`` and ``tokenizer_config.json`` over a generated
+Llama-2-like vocabulary (`monitor.localhub.virtual_vocab.llama_vocab`: ``<unk> <s> </s>``, 256 byte
+tokens, BPE pieces with ``▁`` word markers, single characters last). The GGUF kind
+(`monitor.localhub.virtual_gguf`) stores the same token strings in its header, so vocabularies match
+across formats exactly as real repos do.
 
 Example::
 
@@ -21,14 +26,35 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from monitor.localhub.virtual import VIRTUAL_SUFFIX
-from monitor.localhub.virtual_safetensors import DTYPE_SIZES, VirtualSafetensors
+import numpy as np
 
-__all__ = ["LLAMA_7B", "LLAMA_70B", "LlamaShape", "llama_tensor_specs", "write_virtual_llama"]
+from monitor.errors import FormatError
+from monitor.localhub.virtual import VIRTUAL_SUFFIX, ValueSource
+from monitor.localhub.virtual_safetensors import (
+    DTYPE_SIZES,
+    VirtualSafetensors,
+    _from_dtype_bytes,
+    _to_dtype_bytes,
+)
+from monitor.localhub.virtual_vocab import MIN_VOCAB, SPECIAL_TOKENS, llama_vocab, tokenizer_json
+
+__all__ = [
+    "LLAMA_7B",
+    "LLAMA_70B",
+    "LlamaShape",
+    "LlamaWeights",
+    "llama_config",
+    "llama_tensor_specs",
+    "tokenizer_config_json",
+    "write_json",
+    "write_tokenizer",
+    "write_virtual_llama",
+]
 
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000
 """``transformers``' default ``max_shard_size="5GB"`` (decimal)."""
@@ -72,6 +98,40 @@ class LlamaShape:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    def to_spec(self) -> dict[str, Any]:
+        """The shape as a JSON object (the ``"model"`` of GGUF and GPTQ virtual specs)."""
+        return asdict(self)
+
+    @classmethod
+    def from_spec(cls, raw: Any) -> LlamaShape:
+        """Inverse of `to_spec`, validated.
+
+        Raises:
+            `FormatError`: not an object, unknown or missing keys, wrong types or impossible sizes.
+        """
+        if not isinstance(raw, Mapping):
+            raise FormatError("'model' must be an object of Llama dimensions")
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(raw) - set(known)
+        if unknown:
+            raise FormatError(f"unknown keys in 'model': {sorted(unknown)}")
+        values: dict[str, Any] = {}
+        for name, value in raw.items():
+            kind = known[name].type
+            if kind in ("int", int):
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 1 << 31:
+                    raise FormatError(f"model.{name} must be a positive integer, got {value!r}")
+            elif kind in ("bool", bool):
+                if not isinstance(value, bool):
+                    raise FormatError(f"model.{name} must be true or false, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise FormatError(f"model.{name} must be a finite number, got {value!r}")
+            values[name] = value
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise FormatError(f"invalid 'model': {exc}") from None
+
 
 LLAMA_7B = LlamaShape(d_model=4096, n_layers=32, d_ff=11008, n_heads=32, n_kv_heads=32, vocab=32000)
 LLAMA_70B = LlamaShape(d_model=8192, n_layers=80, d_ff=28672, n_heads=64, n_kv_heads=8, vocab=32000)
@@ -114,7 +174,124 @@ def llama_tensor_specs(
     return specs
 
 
-def _llama_config(shape: LlamaShape, dtype: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class LlamaWeights:
+    """The float weights of a virtual Llama as a non-safetensors spec describes them.
+
+    Shared by the kinds that store a *conversion* of the virtual checkpoint (GGUF, GPTQ): the spec keys
+    ``model`` (`LlamaShape.to_spec`), ``seed``/``derivation`` (`ValueSource`), ``source_dtype`` (the
+    dtype of the checkpoint that was converted, whose rounding the values carry; default BF16) and
+    ``init`` (``{std, norm_std}``, as `llama_tensor_specs`). Tensor ``t`` holds the values the
+    safetensors kind generates for ``t`` with the same seed or derivation.
+
+    Attributes:
+        shape (`LlamaShape`), values (`ValueSource`), source_dtype (`str`), init_std (`float`),
+        norm_std (`float`): as read from the spec.
+    """
+
+    shape: LlamaShape
+    values: ValueSource
+    source_dtype: str = "BF16"
+    init_std: float = 0.02
+    norm_std: float = 0.1
+
+    SPEC_KEYS: ClassVar[frozenset[str]] = frozenset({"model", "seed", "derivation", "source_dtype", "init"})
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> LlamaWeights:
+        """Read the keys in `SPEC_KEYS`.
+
+        Raises:
+            `FormatError`: any of them is missing or malformed.
+        """
+        source_dtype = spec.get("source_dtype", "BF16")
+        if source_dtype not in DTYPE_SIZES:
+            raise FormatError(f"source_dtype must be one of {sorted(DTYPE_SIZES)}, got {source_dtype!r}")
+        init = spec.get("init", {})
+        if not isinstance(init, dict) or set(init) - {"std", "norm_std"}:
+            raise FormatError("'init' must be {std, norm_std}")
+        stds = {k: init.get(k, d) for k, d in (("std", 0.02), ("norm_std", 0.1))}
+        for k, v in stds.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and v >= 0):
+                raise FormatError(f"init.{k} must be a finite number >= 0, got {v!r}")
+        return cls(
+            LlamaShape.from_spec(spec.get("model")),
+            ValueSource.from_spec(spec),
+            source_dtype,
+            float(stds["std"]),
+            float(stds["norm_std"]),
+        )
+
+    def to_spec(self) -> dict[str, Any]:
+        """The spec keys (inverse of `from_spec`)."""
+        return {
+            "model": self.shape.to_spec(),
+            **self.values.to_spec(),
+            "source_dtype": self.source_dtype,
+            "init": {"std": self.init_std, "norm_std": self.norm_std},
+        }
+
+    def tensor_specs(self) -> list[dict[str, Any]]:
+        """`llama_tensor_specs` of this model (names, shapes, init, in save order)."""
+        return llama_tensor_specs(
+            self.shape, dtype=self.source_dtype, init_std=self.init_std, norm_std=self.norm_std
+        )
+
+    def stored(self, values: np.ndarray) -> np.ndarray:
+        """float64 weights rounded as the ``source_dtype`` checkpoint stores them, as float32."""
+        if self.source_dtype == "F32":
+            return values.astype(np.float32)
+        data = _to_dtype_bytes(values, self.source_dtype)
+        return _from_dtype_bytes(data, self.source_dtype).reshape(values.shape)
+
+
+def _special(content: str) -> dict[str, Any]:
+    return {
+        "content": content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": True,
+    }
+
+
+def tokenizer_config_json(shape: LlamaShape) -> dict[str, Any]:
+    """``tokenizer_config.json`` of a Llama-2 repo (special tokens, BOS added, no EOS)."""
+    return {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": None,
+        "clean_up_tokenization_spaces": False,
+        "legacy": False,
+        "model_max_length": shape.max_position_embeddings,
+        "tokenizer_class": "LlamaTokenizer",
+        "added_tokens_decoder": {str(i): _special(t) for i, t in enumerate(SPECIAL_TOKENS)},
+    }
+
+
+def write_tokenizer(
+    repo_dir: str | os.PathLike[str], shape: LlamaShape, *, vocab_seed: int = 0
+) -> list[Path]:
+    """Write ``tokenizer.json`` and ``tokenizer_config.json`` for ``shape.vocab`` tokens into ``repo_dir``.
+
+    Every repo written with the same vocabulary size and seed gets byte-identical files (the same git
+    blob id), as re-uploads, fine-tunes and GPTQ quantisations of one model carry one tokenizer.
+    """
+    out_dir = Path(repo_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab = llama_vocab(shape.vocab, seed=vocab_seed)
+    paths = [out_dir / "tokenizer.json", out_dir / "tokenizer_config.json"]
+    write_json(paths[0], tokenizer_json(vocab))
+    write_json(paths[1], tokenizer_config_json(shape))
+    return paths
+
+
+def llama_config(shape: LlamaShape, dtype: str) -> dict[str, Any]:
+    """``config.json`` of a ``LlamaForCausalLM`` of this shape, as ``transformers`` writes it."""
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -136,9 +313,10 @@ def _llama_config(shape: LlamaShape, dtype: str) -> dict[str, Any]:
     }
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented UTF-8 JSON, atomically (a hub never sees half a file)."""
     tmp = path.with_name(f".{path.name}.tmp")  # dot-files are invisible to a hub serving the folder
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -152,8 +330,10 @@ def write_virtual_llama(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     init_std: float = 0.02,
     norm_std: float = 0.1,
+    tokenizer: bool = True,
+    vocab_seed: int = 0,
 ) -> list[Path]:
-    """Write config, index and virtual shards of a Llama checkpoint into ``repo_dir``.
+    """Write config, index, virtual shards and tokenizer of a Llama checkpoint into ``repo_dir``.
 
     Args:
         repo_dir: the repo folder (``DIR/org/name``); created if missing.
@@ -162,9 +342,12 @@ def write_virtual_llama(
         derivation (`dict | None`): ``{"base_seed", "noise_seed", "rel_noise"}`` for a derivative.
         dtype (`str`): ``BF16``, ``F16`` or ``F32``.
         max_shard_bytes (`int`): shard size limit (tensor bytes), as ``max_shard_size``.
+        tokenizer (`bool`): also write ``tokenizer.json``/``tokenizer_config.json`` (`write_tokenizer`;
+            vocabularies below 64 tokens get none).
+        vocab_seed (`int`): seed of the generated vocabulary (`llama_vocab`).
 
     Returns:
-        Paths of the files written (specs first, then ``config.json`` and the index if any).
+        Paths of the files written (specs first, then ``config.json``, the index if any, the tokenizer).
     """
     if max_shard_bytes < 1:
         raise ValueError("max_shard_bytes must be >= 1")
@@ -197,16 +380,18 @@ def write_virtual_llama(
             spec["derivation"] = dict(derivation)
         VirtualSafetensors(spec)  # validate before anything is written
         path = out_dir / (name + VIRTUAL_SUFFIX)
-        _write_json(path, spec)
+        write_json(path, spec)
         written.append(path)
         for t in members:
             weight_map[t["name"]] = name
             total_size += math.prod(t["shape"]) * DTYPE_SIZES[dtype]
     config_path = out_dir / "config.json"
-    _write_json(config_path, _llama_config(shape, dtype))
+    write_json(config_path, llama_config(shape, dtype))
     written.append(config_path)
     if n > 1:
         index_path = out_dir / "model.safetensors.index.json"
-        _write_json(index_path, {"metadata": {"total_size": total_size}, "weight_map": weight_map})
+        write_json(index_path, {"metadata": {"total_size": total_size}, "weight_map": weight_map})
         written.append(index_path)
+    if tokenizer and shape.vocab >= MIN_VOCAB:
+        written += write_tokenizer(out_dir, shape, vocab_seed=vocab_seed)
     return written

@@ -19,12 +19,16 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from monitor.errors import BudgetExceeded, FormatError, NotFound
 
+if TYPE_CHECKING:  # the generator lives with the local hub, which imports this module
+    from monitor.localhub.virtual import VirtualFile, VirtualFileSource
+
 __all__ = [
     "LFS_THRESHOLD",
+    "VIRTUAL_SPEC_SUFFIX",
     "WEIGHT_SUFFIXES",
     "ByteBudget",
     "ByteSource",
@@ -44,6 +48,8 @@ LFS_THRESHOLD = 10 * 1024 * 1024
 """Files at least this big, and weight files, are LFS files on a hub (listed with SHA-256); smaller ones
 are plain git blobs (listed with their git blob id). `LocalFileSet` describes local files the same way."""
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
+VIRTUAL_SPEC_SUFFIX = ".virtual.json"
+"""``X.virtual.json`` is the spec of a virtual file ``X`` (see `monitor.localhub.virtual`)."""
 
 
 @dataclass
@@ -227,6 +233,12 @@ class LocalFileSet:
 
     SHA-256 digests are computed lazily by `sha256` (registering a protected model needs them;
     comparing two local models does not).
+
+    Virtual files: ``X.virtual.json`` is listed as file ``X`` (its generated size, and the spec's
+    SHA-256 as its digest, exactly as `monitor.localhub` lists it) and read through the same generator
+    the local hub serves, so a 7B or 70B virtual model can be registered or compared from a few KB of
+    disk. As on the hub, a real file ``X`` wins over its spec. A spec the generator rejects raises
+    `FormatError` naming it.
     """
 
     def __init__(self, root: str | os.PathLike[str], *, budget: int | None = None) -> None:
@@ -239,35 +251,66 @@ class LocalFileSet:
         self.stats = ReadStats()
         self.budget = ByteBudget(budget)
         self.files: dict[str, FileEntry] = {}
+        self._virtual: dict[str, VirtualFile] = {}
+        specs: dict[str, Path] = {}
         if self.root.is_file():
             self._base = self.root.parent
-            self.files[self.root.name] = FileEntry(self.root.name, self.root.stat().st_size)
+            name = self.root.name
+            if name.endswith(VIRTUAL_SPEC_SUFFIX) and len(name) > len(VIRTUAL_SPEC_SUFFIX):
+                specs[name.removesuffix(VIRTUAL_SPEC_SUFFIX)] = self.root
+            else:
+                self.files[name] = FileEntry(name, self.root.stat().st_size)
         else:
             self._base = self.root
             for p in sorted(self.root.rglob("*")):
                 rel = p.relative_to(self.root).as_posix()
-                if p.is_file() and not any(part.startswith(".") for part in rel.split("/")):
-                    size = p.stat().st_size
-                    small = size < LFS_THRESHOLD and not rel.endswith(WEIGHT_SUFFIXES)
-                    # Small files get their git blob id, as a hub lists them (tokenizer identity for free).
-                    self.files[rel] = FileEntry(
-                        rel, size, blob_id=git_blob_sha1(p.read_bytes()) if small else None
-                    )
-        self._sources: dict[str, LocalFileSource] = {}
+                if not p.is_file() or any(part.startswith(".") for part in rel.split("/")):
+                    continue
+                if rel.endswith(VIRTUAL_SPEC_SUFFIX):
+                    served = rel.removesuffix(VIRTUAL_SPEC_SUFFIX)
+                    if served and not served.rsplit("/", 1)[-1].startswith("."):
+                        specs[served] = p
+                    continue
+                size = p.stat().st_size
+                small = size < LFS_THRESHOLD and not rel.endswith(WEIGHT_SUFFIXES)
+                # Small files get their git blob id, as a hub lists them (tokenizer identity for free).
+                self.files[rel] = FileEntry(
+                    rel, size, blob_id=git_blob_sha1(p.read_bytes()) if small else None
+                )
+        if specs:
+            from monitor.localhub.virtual import open_virtual
+
+            for served, spec_path in specs.items():
+                if served in self.files:
+                    continue  # a real file of that name wins, as on the hub
+                vf = open_virtual(spec_path)  # FormatError names the spec
+                self._virtual[served] = vf
+                self.files[served] = FileEntry(served, vf.size, sha256=vf.sha256)
+            self.files = dict(sorted(self.files.items()))
+        self._sources: dict[str, LocalFileSource | VirtualFileSource] = {}
         self._lock = threading.Lock()
 
-    def open(self, path: str) -> LocalFileSource:
+    def open(self, path: str) -> LocalFileSource | VirtualFileSource:
         if path not in self.files:
             raise NotFound(f"{self.ref}: no file {path!r}")
         with self._lock:
             src = self._sources.get(path)
             if src is None:
-                src = LocalFileSource(self._base / path, path=path, stats=self.stats, budget=self.budget)
+                vf = self._virtual.get(path)
+                if vf is not None:
+                    from monitor.localhub.virtual import VirtualFileSource
+
+                    src = VirtualFileSource(vf, path=path, stats=self.stats, budget=self.budget)
+                else:
+                    src = LocalFileSource(self._base / path, path=path, stats=self.stats, budget=self.budget)
                 self._sources[path] = src
             return src
 
     def sha256(self, path: str) -> str:
-        """SHA-256 of one file (computed on demand; not counted as bytes read)."""
+        """SHA-256 of one file (computed on demand; not counted as bytes read).
+
+        For a virtual file this is its spec's digest, the identity the local hub lists for it.
+        """
         if path not in self.files:
             raise NotFound(f"{self.ref}: no file {path!r}")
         entry = self.files[path]
