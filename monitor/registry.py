@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets as pysecrets
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -64,7 +62,6 @@ EXACT_LOG10_P = -77.06
 """log10 of 2^-256: the chance that a different file has the same SHA-256 digest."""
 EXACT_NULL = "byte identity: a different file has the same SHA-256 digest with probability 2^-256"
 PUBLIC_COMPARE_SECRET = b"hubsentry-public-compare"
-_SECRET_LOCK = threading.Lock()
 
 
 # --------------------------------------------------------------------------------------------- settings
@@ -77,26 +74,19 @@ def policy_from_config(config: Config) -> ComparePolicy:
     return ComparePolicy(alpha=config.fingerprint.per_comparison_alpha)
 
 
-def deployment_secret(config: Config, *, create: bool = True) -> bytes:
-    """The secret that chooses what is read: from ``[fingerprint] secret_env/secret_file``, else a random
-    secret kept in ``<store>.secret`` (mode 0600), created on first use so every run of one deployment makes
-    the same choices (alerts stay reproducible) while uploaders cannot predict them."""
+def deployment_secret(config: Config) -> bytes:
+    """The secret that chooses what is read (``[fingerprint] secret_env`` / ``secret_file``).
+
+    Every run of one deployment must make the same choices (alerts stay reproducible) while uploaders cannot
+    predict them, so the daemon refuses to start without it.
+
+    Raises:
+        `ConfigError`: no secret is configured or the variable/file is empty.
+    """
     secret = resolve_secret(config.fingerprint.secret)
-    if secret is not None:
-        return secret.reveal().encode()
-    path = Path(f"{config.store.path}.secret")
-    with _SECRET_LOCK:
-        if not path.exists():
-            if not create:
-                raise ConfigError(f"no fingerprint secret configured and {path} does not exist")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(pysecrets.token_hex(32) + "\n")
-            log.warning(
-                "no [fingerprint] secret configured: generated one in %s (keep it with the database)", path
-            )
-        return path.read_text().strip().encode()
+    if secret is None:
+        raise ConfigError("[fingerprint] secret is not set (secret_env or secret_file)")
+    return secret.reveal().encode()
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -364,14 +354,15 @@ def compare(a: str, b: str, *, config: Config, budget: int | None = None) -> Com
 
     ``a`` is read in full; ``b`` through the per-repo byte budget of the first hub (default 64 MiB).
     """
-    secret = deployment_secret(config, create=False) if _has_secret(config) else PUBLIC_COMPARE_SECRET
-    notes = (
-        []
-        if secret is not PUBLIC_COMPARE_SECRET
-        else [
-            "no deployment secret configured: sampling choices are predictable (fine for one-off comparisons)"
-        ]
-    )
+    notes: list[str] = []
+    try:
+        secret = deployment_secret(config)
+    except ConfigError:
+        secret = PUBLIC_COMPARE_SECRET
+        notes.append(
+            "no deployment secret configured: sampling choices are predictable (fine for one-off "
+            "comparisons; the daemon requires a secret)"
+        )
     settings = settings_from_config(config)
     if budget is None:
         budget = config.hubs[0].budget_per_repo if config.hubs else 64 * 1024 * 1024
@@ -422,12 +413,6 @@ def compare(a: str, b: str, *, config: Config, budget: int | None = None) -> Com
         effects=_jsonable(result.effects),
         exact_files=exact,
         notes=notes,
-    )
-
-
-def _has_secret(config: Config) -> bool:
-    return (
-        resolve_secret(config.fingerprint.secret) is not None or Path(f"{config.store.path}.secret").exists()
     )
 
 
