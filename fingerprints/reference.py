@@ -255,6 +255,7 @@ class SuspectSample:
         layers (`tuple[LayerSample, ...]`): sampled MLP unit blocks.
         quantization (`str | None`): declared storage quantisation (``gguf:Q4_K``, ``gptq:4bit``...).
         token_ids (`np.ndarray | None`): the suspect's ids of ``tokens`` (reveals vocabulary reordering).
+        token_rewrite (`str | None`): the converter rewrite of token strings that paired them, if any.
     """
 
     arch: dict[str, Any]
@@ -263,3 +264,4 @@ class SuspectSample:
     layers: tuple[LayerSample, ...]
     quantization: str | None = None
     token_ids: np.ndarray | None = None
+    token_rewrite: str | None = None

@@ -10,14 +10,55 @@ every normalised string that became ambiguous, so no row is ever paired with the
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TokenAlignment", "align_tokens", "normalize_token"]
+__all__ = ["REWRITES", "TokenAlignment", "align_tokens", "best_rewrite", "normalize_token"]
 
 _PREFIXES = ("▁", "Ġ", "##", " ")
+
+
+def _special(token: str) -> bool:
+    return (token.startswith("[") and token.endswith("]")) or (token.startswith("<") and token.endswith(">"))
+
+
+def _wordpiece_to_llamacpp(token: str) -> str:
+    """llama.cpp's conversion of a WordPiece vocabulary: ``##x`` → ``x``, word-initial ``x`` → ``▁x``."""
+    if _special(token):
+        return token
+    return token[2:] if token.startswith("##") and len(token) > 2 else "▁" + token
+
+
+def _llamacpp_to_wordpiece(token: str) -> str:
+    if _special(token):
+        return token
+    return token[1:] if token.startswith("▁") and len(token) > 1 else "##" + token
+
+
+REWRITES = {
+    "identity": lambda t: t,
+    "WordPiece→llama.cpp": _wordpiece_to_llamacpp,
+    "llama.cpp→WordPiece": _llamacpp_to_wordpiece,
+}
+"""Exact, invertible rewrites that converters apply to token strings. Unlike `normalize_token` they keep
+word-initial and continuation pieces apart (``the`` and ``##the`` stay different tokens)."""
+
+
+def best_rewrite(
+    wanted: Sequence[str], vocabulary: Mapping[str, int] | Sequence[str]
+) -> tuple[str, list[str]]:
+    """The rewrite of `REWRITES` under which most ``wanted`` strings exist in ``vocabulary``; returns its name
+    and the rewritten strings (in ``wanted`` order)."""
+    vocab = vocabulary if isinstance(vocabulary, Mapping) else set(vocabulary)
+    best = ("identity", list(wanted), -1)
+    for name, fn in REWRITES.items():
+        rewritten = [fn(t) for t in wanted]
+        hits = sum(r in vocab for r in rewritten)
+        if hits > best[2]:
+            best = (name, rewritten, hits)
+    return best[0], best[1]
 
 
 def normalize_token(token: str) -> str:

@@ -171,7 +171,9 @@ def _transform(
     vocab_a = ref.arch.get("vocab_size")
     if vocab_a and vocab_b and vocab_a != vocab_b:
         parts.append(f"vocabulary {vocab_a}→{vocab_b}")
-    if alignment_mode != "exact":
+    if sample.token_rewrite:
+        parts.append(f"token strings rewritten ({sample.token_rewrite})")
+    elif alignment_mode != "exact":
         parts.append("token strings rewritten")
     if _reordered(ref, sample):
         parts.append("token ids reordered")

@@ -14,6 +14,7 @@ once; suspects are read through a byte budget, with the secret choosing which ro
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -28,6 +29,7 @@ from fingerprints import (
     choose_token_block,
     choose_unit_block,
 )
+from fingerprints.tokens import best_rewrite, normalize_token
 from monitor.errors import FormatError, UnsupportedFormat
 from monitor.findings import ALGO
 from monitor.formats.canonical import ModelView
@@ -132,8 +134,9 @@ def build_reference(
 
 def _suspect_ids(
     view: ModelView, tokens: Sequence[str], refs: Iterable[ReferenceFingerprint]
-) -> tuple[list[str], np.ndarray]:
-    """Suspect ids of the wanted token strings; zero bytes when the tokenizer file is a known one."""
+) -> tuple[list[str], np.ndarray, str]:
+    """Suspect ids of the wanted token strings (and the string rewrite that found them); zero bytes when
+    the tokenizer file is a known one."""
     digest = view.tokenizer_digest
     wanted = list(dict.fromkeys(tokens))
     if digest:
@@ -141,28 +144,28 @@ def _suspect_ids(
             if ref.vocab_digest == digest:
                 by_token = dict(zip(ref.tokens, ref.token_ids.tolist(), strict=True))
                 if all(t in by_token for t in wanted):
-                    return wanted, np.asarray([by_token[t] for t in wanted], dtype=np.int64)
+                    return wanted, np.asarray([by_token[t] for t in wanted], dtype=np.int64), "identity"
     vocab = view.vocab()
     if not vocab:
         raise UnsupportedFormat("suspect has no tokenizer vocabulary; cannot pair embedding rows with tokens")
     n_rows = view.tensors["embed"].shape[0]
     index = {t: i for i, t in enumerate(vocab) if i < n_rows}
-    found = [t for t in wanted if t in index]
-    if len(found) < len(wanted) // 2:
-        # Converters rewrite word-boundary markers; let the statistics pair normalised strings.
-        from fingerprints.tokens import normalize_token
-
-        norm_index: dict[str, int] = {}
-        for t, i in index.items():
-            norm_index.setdefault(normalize_token(t), i)
-        extra = [
+    # Converters rewrite token strings (llama.cpp turns WordPiece ``##ing`` into ``ing`` and ``the`` into
+    # ``▁the``): pick the exact rewrite that finds the most tokens, and return the *protected* strings for
+    # the rows found, so the statistics pair them exactly.
+    rewrite, rewritten = best_rewrite(wanted, index)
+    pairs = [(t, index[r]) for t, r in zip(wanted, rewritten, strict=True) if r in index]
+    if len(pairs) < len(wanted) // 2:
+        # Unknown conversion: fall back to marker-stripped strings, keeping only unambiguous ones.
+        counts = Counter(normalize_token(t) for t in index)
+        norm_index = {normalize_token(t): i for t, i in index.items() if counts[normalize_token(t)] == 1}
+        seen = {t for t, _ in pairs}
+        pairs += [
             (t, norm_index[normalize_token(t)])
             for t in wanted
-            if t not in index and normalize_token(t) in norm_index
+            if t not in seen and normalize_token(t) in norm_index
         ]
-        pairs = [(t, index[t]) for t in found] + extra
-        return [vocab[i] for _, i in pairs], np.asarray([i for _, i in pairs], dtype=np.int64)
-    return found, np.asarray([index[t] for t in found], dtype=np.int64)
+    return [t for t, _ in pairs], np.asarray([i for _, i in pairs], dtype=np.int64), rewrite
 
 
 def _unit_source(view: ModelView, layer: int) -> tuple[str, str]:
@@ -209,7 +212,7 @@ def read_sample(
         raise UnsupportedFormat("suspect has no token embedding tensor")
     stats = view.fileset.stats
     before_vocab = stats.bytes_read
-    strings, ids = _suspect_ids(view, tokens, refs)
+    strings, ids, rewrite = _suspect_ids(view, tokens, refs)
     before_weights = stats.bytes_read
     plan: list[tuple[str, Sequence[int] | None, Sequence[int] | None]] = []
     order = np.argsort(ids)
@@ -254,4 +257,5 @@ def read_sample(
         layers=tuple(layers),
         quantization=view.arch.quantization,
         token_ids=np.asarray(ids, dtype=np.int64),
+        token_rewrite=None if rewrite == "identity" else rewrite,
     )

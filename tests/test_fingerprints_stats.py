@@ -104,3 +104,16 @@ def test_increasing_run_is_a_longest_strictly_increasing_subsequence(values):
             continue
         best[i] = 1 + max([best[j] for j in range(i) if 0 <= values[j] < v] or [0])
     assert len(pos) == max(best or [0])
+
+
+def test_converter_rewrites_keep_wordpiece_pieces_apart():
+    from fingerprints.tokens import best_rewrite
+
+    hf = ["[CLS]", "the", "##the", "ing", "##ing", "run"]
+    gguf_vocab = {"[CLS]": 0, "▁the": 1, "the": 2, "▁ing": 3, "ing": 4, "▁run": 5}
+    name, rewritten = best_rewrite(hf, gguf_vocab)
+    assert name == "WordPiece→llama.cpp"
+    assert rewritten == ["[CLS]", "▁the", "the", "▁ing", "ing", "▁run"]
+    back, strings = best_rewrite(["▁the", "the"], {"the": 0, "##the": 1})
+    assert back == "llama.cpp→WordPiece"
+    assert strings == ["the", "##the"]
