@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -62,7 +63,7 @@ from monitor.store import Store
 from monitor.store.db import utc_now
 from monitor.store.protected import ProtectedFile, ProtectedModel, add_protected
 
-__all__ = ["SuspectResult", "breakdown", "hub_process", "main", "reference", "run"]
+__all__ = ["SuspectResult", "breakdown", "hub_process", "main", "reference", "round_trips", "run"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = ROOT / "benchmarks" / ".cache" / "bytes"
@@ -273,16 +274,30 @@ def _file_of(record: dict[str, Any], by_sha: dict[str, str]) -> str:
     return unquote(path.split("/resolve/", 1)[1].split("/", 1)[1]) if "/resolve/" in path else path
 
 
+def round_trips(times: Sequence[float], latency_s: float) -> int:
+    """Rounds of requests in a log whose every request was delayed by ``latency_s``: requests sent in one
+    round arrive together, and the next round cannot arrive before the previous one was answered, so
+    arrivals more than half the latency apart belong to different rounds."""
+    ordered = sorted(times)
+    return (1 + sum(b - a > latency_s / 2 for a, b in pairwise(ordered))) if ordered else 0
+
+
 def breakdown(
-    records: Sequence[dict[str, Any]], files: dict[str, Any], layouts: dict[str, _Layout]
+    records: Sequence[dict[str, Any]],
+    files: dict[str, Any],
+    layouts: dict[str, _Layout],
+    *,
+    latency_s: float = 0.0,
 ) -> dict[str, Any]:
     """Bytes and requests of one scan by purpose, from the hub's request log.
 
     A request counts once: as a header request if it touches a weight file's header (its bytes past the
     header are "header read-ahead"), else for the category holding most of its useful bytes (coalesced
-    gap bytes are counted as bytes, never as a request's purpose). Also reported, per
-    weight file, what its header cost, and what opening only the shards that hold sampled tensors would
-    have saved (``lazy_shards``: the redirect and header requests of shards nothing else was read from).
+    gap bytes are counted as bytes, never as a request's purpose). Also reported: per weight file read, what
+    its header cost; how many weight files the model has (``weight_files``); the headers read for nothing
+    (``lazy_shards``: redirect and header requests of shards nothing else was read from, which lazy shard
+    headers should keep at zero); and, when every request was delayed by ``latency_s``, the sequential
+    rounds of requests (``round_trips``, `round_trips`).
     """
     by_sha = {e.sha256: p for p, e in files.items() if e.sha256}
     cats = {c: {"bytes": 0, "requests": 0} for c in CATEGORIES}
@@ -331,6 +346,8 @@ def breakdown(
     return {
         "categories": cats,
         "header_files": read,
+        "weight_files": len(layouts),
+        "round_trips": round_trips([r["t"] for r in records], latency_s) if latency_s > 0 else None,
         "lazy_shards": {
             "unused_files": len(unused),
             "requests": sum(f["header_requests"] + f["redirects"] for f in unused),
@@ -428,7 +445,7 @@ def _scan_one(
     seconds = time.monotonic() - t0
     records = ask("log")
     layouts = _layouts(hub_root / suspect.repo_id)
-    parts = breakdown(records, snap.files, layouts)
+    parts = breakdown(records, snap.files, layouts, latency_s=latency_ms / 1000.0)
     checkpoint = sum(e.size for p, e in snap.files.items() if p.endswith(WEIGHT_SUFFIXES))
     finding = outcome.findings[0] if outcome.findings else None
     times = sorted(r["t"] for r in records)

@@ -104,33 +104,43 @@ def _findings(rows: Sequence[dict[str, Any]]) -> list[str]:
     seen: set[str] = set()
     for r in rows:
         c, lazy = r["breakdown"]["categories"], r["breakdown"]["lazy_shards"]
-        if lazy["requests"] and r["shape"] not in seen:
+        n_files = r["breakdown"].get("weight_files", 0)
+        read = r["breakdown"]["header_files"]
+        if n_files > 1 and r["shape"] not in seen:
             seen.add(r["shape"])
-            n = len(r["breakdown"]["header_files"])
-            left = r["requests"] - lazy["requests"]
+            cost = sum(h["header_requests"] + h["redirects"] for h in read.values())
             out.append(
-                f"{r['shape']} sharded safetensors: all {n} shard headers are read when the model is opened "
-                f"(`ModelView.open`), 2 requests each (redirect, header), though only {n - lazy['unused_files']} "
-                f"shards hold sampled tensors. Opening shards when first read would save {lazy['requests']} "
-                f"requests and {_size(lazy['bytes'])} ({r['requests']} → {left} requests); the rest is the "
-                f"snapshot, index and config, the token block, and per sampled layer one request for the units "
-                f"and one for the norm gain."
+                f"{r['shape']} sharded safetensors ({r['label']}): {len(read)} of {n_files} shard headers read, "
+                f"{cost} requests (redirect and header each): `ModelView` knows a sharded checkpoint from its "
+                "index and parses a shard's header when one of its tensors is first needed, so only the shards "
+                "holding the embedding and the sampled layers are opened. Each costs two sequential rounds "
+                "(redirect, then header), and `read_sample` opens them one sampled layer after the other (it "
+                "looks at each layer's `up`, `down` and `gate` in turn); `ModelView.prepare` over the sampled "
+                "layers' keys would open them together."
+            )
+        if lazy["requests"]:
+            n = lazy["unused_files"]
+            out.append(
+                f"{r['shape']} {r['label']}: {n} shard header{'s' if n != 1 else ''} read although nothing else "
+                f"was read from {'those shards' if n != 1 else 'that shard'} ({lazy['requests']} requests, "
+                f"{_size(lazy['bytes'])}): a tensor was looked at but not read (`read_sample` looks at `down` "
+                "and `gate` of a sampled layer even when it reads `up`, and a layer can straddle two shards)."
             )
         if c["embeddings"]["requests"] > 2:
             out.append(
-                f"{r['shape']} {r['label']}: the token block came in {c['embeddings']['requests']} requests because "
-                "its rows were not contiguous in the suspect: the strings were paired through the normalised-string "
-                "fallback (`##ing` and `ing` both normalise to `ing`), which scatters the rows and can pair a row "
-                "with the wrong token. Rewriting the protected strings as llama.cpp converts WordPiece "
-                "(`##x` → `x`, `x` → `▁x`) would pair every row exactly, in one request."
+                f"{r['shape']} {r['label']}: the token block came in {c['embeddings']['requests']} requests: the "
+                "suspect rows paired with the protected token strings are not contiguous in its vocabulary."
             )
-    gains = [r for r in rows if r["breakdown"]["categories"]["norm gains"]["requests"]]
-    if gains:
-        n = gains[0]["breakdown"]["categories"]["norm gains"]["requests"]
+    timed = [r for r in rows if r["breakdown"].get("round_trips")]
+    if timed:
+        parts = ", ".join(
+            f"{r['shape']} {r['label']}: {r['requests']} in {r['breakdown']['round_trips']}" for r in timed
+        )
         out.append(
-            f"Units and norm gain of each sampled layer are fetched one after the other ({2 * n} sequential round "
-            "trips for the layers); one `ModelView.read_batch` over all sampled layers would make them one round "
-            "of parallel requests (same count, a fraction of the latency)."
+            "Requests per repo and the rounds they went out in (arrivals more than half the added latency apart "
+            f"are separate rounds): {parts}. The weight rows of a verdict (token block, units and norm gain of "
+            "every sampled layer) are one `ModelView.read_batch`: the shard headers it needs are parsed "
+            "together, then every file's spans are fetched concurrently."
         )
     return out
 
@@ -145,23 +155,25 @@ def render_markdown(doc: dict[str, Any], *, command: str = "") -> str:
         "Raw: `benchmarks/results/bytes-bench.json`.",
         "",
         "| shape | suspect (checkpoint size) | verdict | log10 p | bytes read | % of checkpoint | requests "
-        "| seconds (I/O) |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| round trips | seconds (I/O) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lp = "—" if r["log10_p"] is None else f"{r['log10_p']:.0f}"
+        rounds = r["breakdown"].get("round_trips") or "—"
         lines.append(
             f"| {r['shape']} | {r['label']} ({_size(r['checkpoint_bytes'])}) | {r['verdict']} | {lp} | "
-            f"{r['bytes_read']:,} | {r['pct']:.4f} % | {r['requests']} | {r['seconds']:.2f} ({r['io_seconds']:.2f}) |"
+            f"{r['bytes_read']:,} | {r['pct']:.4f} % | {r['requests']} | {rounds} | "
+            f"{r['seconds']:.2f} ({r['io_seconds']:.2f}) |"
         )
     lines += [
         "",
-        "Where they went (bytes / requests; each request counted once, for its main purpose; *read-ahead* is what "
-        "a header read fetched past the header; *lazy shards* is what opening only the shards that hold sampled "
-        "tensors would save):",
+        "Where they went (bytes / requests; each request counted once, for its main purpose; *weight headers* "
+        "says how many of the model's weight files had their header read; *read-ahead* is what a header read "
+        "fetched past the header; *unused headers* are header reads of shards nothing else was read from):",
         "",
         "| shape | suspect | weight headers | read-ahead | redirects | config, index | tokenizer | embeddings "
-        "| MLP units | norm gains | API | lazy shards |",
+        "| MLP units | norm gains | API | unused headers |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -174,9 +186,13 @@ def render_markdown(doc: dict[str, Any], *, command: str = "") -> str:
             return f"{_size(b)} / {n}" if b or n else "—"
 
         per = sorted({h["header_requests"] for h in hf.values()})
-        head = f"{_size(c['headers']['bytes'])} / {c['headers']['requests']} ({len(hf)} files × {'–'.join(map(str, per))})"
+        of = f" of {r['breakdown']['weight_files']}" if r["breakdown"].get("weight_files") else ""
+        head = (
+            f"{_size(c['headers']['bytes'])} / {c['headers']['requests']} "
+            f"({len(hf)}{of} files × {'–'.join(map(str, per))})"
+        )
         ahead = _size(c["header read-ahead"]["bytes"]) if c["header read-ahead"]["bytes"] else "—"
-        saved = f"−{lazy['requests']} req, −{_size(lazy['bytes'])}" if lazy["requests"] else "—"
+        saved = f"{lazy['requests']} req, {_size(lazy['bytes'])}" if lazy["requests"] else "—"
         lines.append(
             f"| {r['shape']} | {r['label']} | {head} | {ahead} | {c['redirects']['requests']} | {cell('config/index')} "
             f"| {cell('tokenizer')} | {cell('embeddings')} | {cell('MLP units')} | {cell('norm gains')} "

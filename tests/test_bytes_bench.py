@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.bytes_bench import _Layout, breakdown, main, reference
+from benchmarks.bytes_bench import _Layout, breakdown, main, reference, round_trips
 from benchmarks.bytes_models import TINY, prepare
 from benchmarks.bytes_report import DOC_END, DOC_START, render_markdown, update_docs
 from monitor.config.parse import parse_config
@@ -49,6 +49,9 @@ def test_tiny_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         assert cats["MLP units"]["bytes"] > 0
         assert cats["embeddings"]["bytes"] > 0
         assert all(h["header_requests"] <= 2 for h in r["breakdown"]["header_files"].values())
+        assert r["breakdown"]["lazy_shards"]["requests"] == 0  # no header read for nothing
+        assert r["breakdown"]["weight_files"] == 1
+        assert 1 <= r["breakdown"]["round_trips"] <= r["requests"]
     assert (
         rows["fine-tune, BF16 safetensors"]["breakdown"]["categories"]["tokenizer"]["bytes"] == 0
     )  # digest known
@@ -118,6 +121,16 @@ def test_breakdown_classifies_every_request() -> None:
     }
     assert out["header_files"]["a.safetensors"]["data_bytes"] == 1600
     assert out["lazy_shards"] == {"unused_files": 1, "requests": 2, "bytes": 300}
+    assert out["weight_files"] == 2
+    assert out["round_trips"] is None  # no latency given: rounds are not told apart
+
+
+def test_round_trips_count_rounds_of_delayed_requests() -> None:
+    # three requests sent together, then one, then two: 50 ms added to each
+    times = [10.000, 10.002, 10.001, 10.061, 10.140, 10.139]
+    assert round_trips(times, 0.05) == 3
+    assert round_trips(times[:3], 0.05) == 1
+    assert round_trips([], 0.05) == 0
 
 
 def test_update_docs_owns_only_its_section(tmp_path: Path) -> None:

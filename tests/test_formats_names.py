@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitor.formats.names import ArchParams, gguf_rope_rows, map_gguf_names, map_hf_names
+from monitor.formats.names import ArchParams, gguf_rope_rows, hf_keys, map_gguf_names, map_hf_names
 
 
 @pytest.mark.parametrize(("n_rows", "n_head"), [(64, 1), (576, 9), (192, 3), (4096, 32), (1024, 8)])
@@ -84,3 +84,46 @@ def test_gguf_phi3_fused_gate_up_and_qkv():
     assert not unmapped
     assert (k["layers.0.mlp.gate"].index[0], k["layers.0.mlp.up"].index[0]) == (0, 64)
     assert [len(k[f"layers.0.attn.{x}"].index) for x in "qkv"] == [32, 16, 16]
+
+
+# every Hugging Face family the rules cover, with shapes the shape-dependent handlers can split
+_HF_SHAPES = {
+    "bert.embeddings.word_embeddings.weight": (30, 32),
+    "bert.embeddings.position_embeddings.weight": (16, 32),
+    "bert.embeddings.token_type_embeddings.weight": (2, 32),
+    "bert.embeddings.LayerNorm.weight": (32,),
+    "bert.encoder.layer.0.attention.self.query.weight": (32, 32),
+    "bert.encoder.layer.0.attention.output.LayerNorm.gamma": (32,),
+    "bert.encoder.layer.0.intermediate.dense.bias": (64,),
+    "bert.encoder.layer.0.output.LayerNorm.beta": (32,),
+    "transformer.wte.weight": (30, 32),
+    "transformer.h.1.attn.c_attn.weight": (32, 96),
+    "transformer.h.1.attn.c_attn.bias": (96,),
+    "transformer.h.1.mlp.c_proj.weight": (128, 32),
+    "gpt_neox.layers.2.attention.query_key_value.weight": (96, 32),
+    "gpt_neox.layers.2.mlp.dense_4h_to_h.weight": (32, 128),
+    "model.layers.3.self_attn.qkv_proj.weight": (96, 32),
+    "model.layers.3.mlp.gate_up_proj.weight": (128, 32),
+    "model.layers.4.self_attn.W_pack.weight": (96, 32),
+    "model.layers.5.self_attn.k_proj.bias": (16,),
+    "model.layers.5.post_attention_layernorm.weight": (32,),
+    "model.norm.weight": (32,),
+    "lm_head.weight": (30, 32),
+    "model.layers.5.mlp.experts.0.w1.weight": (8, 32),
+    "transformer.ln_f.weight": (32,),
+}
+
+
+def test_hf_keys_from_names_alone_are_the_keys_of_the_full_mapping():
+    """What a shard index is enough for: each name's keys, before any shape is known."""
+    by_name, unmapped = hf_keys(_HF_SHAPES)
+    mappings, full_unmapped = map_hf_names(_HF_SHAPES, ArchParams("unknown", n_heads=4, head_dim=8))
+    assert unmapped == full_unmapped
+    expected: dict[str, tuple[str, ...]] = {}
+    for m in mappings:
+        expected[m.source] = (*expected.get(m.source, ()), m.key)
+    assert by_name == expected
+    assert by_name["model.layers.3.mlp.gate_up_proj.weight"] == ("layers.3.mlp.gate", "layers.3.mlp.up")
+    assert by_name["transformer.h.1.attn.c_attn.bias"] == tuple(f"layers.1.attn.{x}.bias" for x in "qkv")
+    assert "already comes from model.norm.weight" in unmapped["transformer.ln_f.weight"]
+    assert unmapped["model.layers.5.mlp.experts.0.w1.weight"] == "no canonical key"

@@ -11,7 +11,7 @@ from safetensors.numpy import save_file
 from monitor.errors import FormatError
 from monitor.formats.canonical import ModelView
 from monitor.formats.safetensors import open_safetensors
-from monitor.formats.shards import check_shards, read_shard_index
+from monitor.formats.shards import WeightFiles, check_shard, check_shards, read_shard_index
 from monitor.remote.source import LocalFileSet
 
 
@@ -35,9 +35,16 @@ def test_valid_index(tmp_path):
 
 
 def test_entry_missing_from_its_shard(tmp_path):
+    """Checked when the shard is first parsed (lazy shard headers), not when the index is read."""
     fs = _repo(tmp_path, {"a": "s1.safetensors", "b": "s1.safetensors"})
-    with pytest.raises(FormatError, match=r"puts 'b' in s1\.safetensors, which does not contain it"):
-        ModelView.open(fs)
+    view = ModelView.open(fs)  # 'a' and 'b' have no canonical key: no shard is needed to open
+    assert view.files.parsed == ()
+    for _ in range(2):  # the same error each time, without reading the shard again
+        with pytest.raises(FormatError, match=r"puts 'b' in s1\.safetensors, which does not contain it"):
+            assert view.weight_files  # parses every shard
+    index = read_shard_index(fs, "model.safetensors.index.json")
+    with pytest.raises(FormatError, match="which does not contain it"):
+        check_shard(index, "s1.safetensors", open_safetensors(fs.open("s1.safetensors")))
 
 
 def test_tensor_in_two_shards(tmp_path):
@@ -46,8 +53,25 @@ def test_tensor_in_two_shards(tmp_path):
         {"a": "s1.safetensors", "b": "s2.safetensors"},
         extra_shard_tensors={"b": np.ones(1, np.float32)},
     )
+    index = read_shard_index(fs, "model.safetensors.index.json")
+    files = {p: open_safetensors(fs.open(p)) for p in index.shards}
     with pytest.raises(FormatError, match="in both"):
-        ModelView.open(fs)
+        check_shards(index, files)
+    with pytest.raises(FormatError, match=r"'b' is in both s1\.safetensors and, by the index, s2"):
+        WeightFiles(fs, open_safetensors, index=index).file("s1.safetensors")
+    assert WeightFiles(fs, open_safetensors, index=index).file("s2.safetensors").path == "s2.safetensors"
+    with pytest.raises(FormatError, match="in both"):
+        assert ModelView.open(fs).weight_files
+
+
+def test_tensors_the_index_does_not_list_are_reported_not_used(tmp_path):
+    fs = _repo(
+        tmp_path, {"a": "s1.safetensors", "b": "s2.safetensors"}, extra_shard_tensors={"c": np.ones(1)}
+    )
+    view = ModelView.open(fs)
+    assert len(view.weight_files) == 2
+    assert view.files.unlisted == {"c": "s1.safetensors"}
+    assert "c" not in view.files.names
 
 
 @pytest.mark.parametrize(

@@ -107,3 +107,51 @@ def test_virtual_llama_command(tmp_path: Path) -> None:
     spec = json.loads((tmp_path / "t" / "m" / "model.safetensors.virtual.json").read_text())
     assert spec["derivation"] == {"base_seed": 3, "noise_seed": 1, "rel_noise": 0.1}
     assert "seed" not in spec
+
+
+GPTQ_ARGS = ("--group-size", "16", "--dtype", "F16")
+
+
+def test_virtual_llama_gguf_and_gptq_formats(tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["--shape", "tiny", "--derive-from", "3", "--rel-noise", "0.1"]
+    gguf = runner.invoke(
+        hub,
+        ["virtual-llama", str(tmp_path / "t" / "m-GGUF"), *base, "--format", "gguf", "--file-type", "Q8_0"],
+    )
+    assert gguf.exit_code == 0, gguf.output
+    assert [Path(p).name for p in gguf.output.split()] == ["model.Q8_0.gguf.virtual.json"]
+    spec = json.loads((tmp_path / "t" / "m-GGUF" / "model.Q8_0.gguf.virtual.json").read_text())
+    assert (spec["kind"], spec["file_type"], spec["source_dtype"]) == ("gguf", "Q8_0", "BF16")
+    assert spec["derivation"] == {"base_seed": 3, "noise_seed": 1, "rel_noise": 0.1}
+    gptq = runner.invoke(
+        hub,
+        [
+            "virtual-llama",
+            str(tmp_path / "t" / "m-GPTQ"),
+            *base,
+            "--format",
+            "gptq",
+            "--bits",
+            "8",
+            *GPTQ_ARGS,
+        ],
+    )
+    assert gptq.exit_code == 0, gptq.output
+    names = {Path(p).name for p in gptq.output.split()}
+    assert {
+        "model.safetensors.virtual.json",
+        "config.json",
+        "quantize_config.json",
+        "tokenizer.json",
+    } <= names
+    spec = json.loads((tmp_path / "t" / "m-GPTQ" / "model.safetensors.virtual.json").read_text())
+    assert (spec["kind"], spec["bits"], spec["group_size"], spec["source_dtype"]) == ("gptq", 8, 16, "F16")
+    # the default group size does not divide the tiny model's 64 inputs: a clear error, nothing written
+    bad = runner.invoke(hub, ["virtual-llama", str(tmp_path / "bad"), *base, "--format", "gptq"])
+    assert bad.exit_code == 1
+    assert "not whole groups of 128" in bad.output
+    assert not (tmp_path / "bad").exists()
+    misplaced = runner.invoke(hub, ["virtual-llama", str(tmp_path / "x"), "--format", "gguf", "--bits", "4"])
+    assert misplaced.exit_code == 2
+    assert "--bits does not apply to --format gguf" in misplaced.output

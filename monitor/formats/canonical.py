@@ -1,10 +1,13 @@
 """`ModelView`: the one interface fingerprints read weights through.
 
-``ModelView.open(fileset)`` picks the weight files (`monitor.formats.discovery`), parses their
-headers, groups quantised tensors into logical ``nn.Linear`` weights (`monitor.formats.quantized`),
-and maps file names to the canonical keys of `monitor.formats.base` (`monitor.formats.names`).
-Reads then fetch only the bytes of the rows or columns asked for, in one `read_many` per file, and
-return float32 in canonical orientation::
+``ModelView.open(fileset)`` picks the weight files (`monitor.formats.discovery`), groups quantised
+tensors into logical ``nn.Linear`` weights (`monitor.formats.grouping`), and maps file names to the
+canonical keys of `monitor.formats.base` (`monitor.formats.names`), through a `TensorCatalog`
+(`monitor.formats.catalog`). Single files have their headers parsed at open; a sharded checkpoint with an
+index is known from the index, and a shard's header is parsed only when one of its tensors is first
+needed (a 70B model sampled in four layers reads 5 or 6 of its 29 shard headers). Reads then fetch only the
+bytes of the rows or columns asked for, in one `read_many` per file (files concurrently), and return
+float32 in canonical orientation::
 
     view = ModelView.open(LocalFileSet("all-MiniLM-L6-v2/"))
     view.arch.family, view.arch.n_layers          # ('bert', 6)
@@ -16,32 +19,25 @@ return float32 in canonical orientation::
 from __future__ import annotations
 
 import hashlib
-import re
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from monitor.errors import FormatError
 from monitor.formats.base import ArchInfo, CanonicalTensor, WeightFile
+from monitor.formats.catalog import CanonEntry, LazyMapping, TensorCatalog
 from monitor.formats.discovery import WeightSelection, select_weights
 from monitor.formats.gguf import GGUFFile, open_gguf
+from monitor.formats.grouping import TensorGroup, plan_groups
 from monitor.formats.jsonstrict import loads_strict
-from monitor.formats.logical import DenseTensor, LogicalTensor
-from monitor.formats.names import (
-    GGUF_FAMILIES,
-    HF_FAMILIES,
-    ArchParams,
-    KeyMapping,
-    map_gguf_names,
-    map_hf_names,
-)
+from monitor.formats.logical import LogicalTensor
+from monitor.formats.names import GGUF_FAMILIES, HF_FAMILIES, ArchParams
 from monitor.formats.quantconfig import QuantConfig
-from monitor.formats.quantized import group_tensors
 from monitor.formats.rows import ReadPlan, RowFile, RowsArg, as_index, execute, fetch, plan_bytes
 from monitor.formats.safetensors import open_safetensors
-from monitor.formats.shards import check_shards, read_shard_index
+from monitor.formats.shards import WeightFiles, read_shard_index
 from monitor.formats.torchzip import open_torch
 from monitor.formats.vocab import read_vocab
 from monitor.remote.source import FileSet
@@ -57,13 +53,8 @@ _OPENERS: dict[str, Callable[[Any], RowFile]] = {
 }
 _LAYERNORM_FAMILIES = {"bert", "gpt2", "gpt_neox"}
 _TOKENIZER_DIGEST_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt")
-
-
-@dataclass(frozen=True)
-class _Canon:
-    info: CanonicalTensor
-    base: LogicalTensor
-    mapping: KeyMapping
+_CONFIG_FILES = ("config.json", "quantize_config.json", "quant_config.json")
+"""Documents read at open: the model config, then AutoGPTQ's and AutoAWQ's (safetensors only)."""
 
 
 def _then(plan: ReadPlan, post: Callable[[np.ndarray], np.ndarray]) -> ReadPlan:
@@ -75,10 +66,6 @@ def _then(plan: ReadPlan, post: Callable[[np.ndarray], np.ndarray]) -> ReadPlan:
         return _then(out, post) if isinstance(out, ReadPlan) else post(out)
 
     return ReadPlan(plan.needs, wrapped, plan.followup_bytes)
-
-
-def _natural(key: str) -> list[object]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
 
 
 def _cfg_int(config: dict[str, Any], *keys: str) -> int | None:
@@ -114,17 +101,25 @@ def _read_json(fileset: FileSet, path: str) -> dict[str, Any] | None:
 class ModelView:
     """A model's weights under canonical keys, read partially and lazily.
 
+    For a sharded checkpoint with an index, opening reads the index and ``config.json`` and, for `arch`,
+    the header of the shard holding the embedding; every other shard header is read the first time one
+    of its tensors is needed. ``key in view.tensors`` and iterating keys never read anything;
+    ``view.tensors[key]`` reads at most the headers of the shards holding that tensor.
+
     Attributes:
         fileset (`FileSet`): where the bytes come from (its ``stats`` count every byte read).
         format (`str`): ``safetensors``, ``gguf`` or ``torch``.
         selection (`WeightSelection`): the weight files chosen.
-        weight_files (`list[WeightFile]`): parsed weight files.
+        files (`WeightFiles`): the weight files; ``files.parsed`` lists those whose header was read,
+            ``files.unlisted`` tensors found in a shard the index does not list (ignored).
         arch (`ArchInfo`): what the model is.
         config (`dict | None`): ``config.json`` when present.
-        tensors (`dict[str, CanonicalTensor]`): canonical tensors by key, in layer order.
-        logical (`dict[str, LogicalTensor]`): weights by checkpoint name, after dequantisation grouping.
+        tensors (`Mapping[str, CanonicalTensor]`): canonical tensors by key, in layer order.
+        logical (`Mapping[str, LogicalTensor]`): weights by checkpoint name, after dequantisation grouping.
         unmapped (`dict[str, str]`): logical tensors without a canonical key, with the reason.
-        unsupported (`dict[str, str]`): tensors present but unreadable, with the reason.
+        unsupported (`dict[str, str]`): tensors present but unreadable, with the reason. For a sharded
+            checkpoint both list what the names tell and what has been resolved so far; reading a
+            tensor that turns out unreadable raises `UnsupportedFormat` with the reason.
     """
 
     def __init__(
@@ -132,7 +127,7 @@ class ModelView:
         fileset: FileSet,
         *,
         selection: WeightSelection,
-        weight_files: list[RowFile],
+        files: WeightFiles,
         config: dict[str, Any] | None,
         quant_config: QuantConfig | None,
         folder: str,
@@ -140,33 +135,26 @@ class ModelView:
         self.fileset = fileset
         self.selection = selection
         self.format = selection.format
-        self.weight_files: list[WeightFile] = list(weight_files)
+        self.files = files
         self.config = config
         self.quant_config = quant_config
         self._folder = folder
-        self._gguf = weight_files[0] if isinstance(weight_files[0], GGUFFile) else None
-        index: dict[str, RowFile] = {}
-        self.unsupported: dict[str, str] = {}
-        for wf in weight_files:
-            for name in [*wf.tensors, *wf.unsupported]:
-                if name in index or name in self.unsupported:
-                    raise FormatError(f"{fileset.ref}: tensor {name!r} appears in more than one weight file")
-                if name in wf.unsupported:
-                    self.unsupported[name] = wf.unsupported[name]
-                else:
-                    index[name] = wf
-        if self.format == "safetensors":
-            self.logical, bad = group_tensors(index, quant_config)
-            self.unsupported.update(bad)
-        else:
-            self.logical = {name: DenseTensor(wf, name) for name, wf in index.items()}
+        first = files.file(files.paths[0]) if files.index is None else None
+        self._gguf = first if isinstance(first, GGUFFile) else None
+        self._groups = plan_groups(files.names, quantised=self.format == "safetensors")
         params = self._params()
-        shapes = {name: t.shape for name, t in self.logical.items()}
-        mapper = map_gguf_names if self._gguf is not None else map_hf_names
-        mappings, self.unmapped = mapper(shapes, params)
-        canon = [self._canonical(m) for m in mappings]
-        self._canon = {c.info.key: c for c in sorted(canon, key=lambda c: _natural(c.info.key))}
-        self.tensors: dict[str, CanonicalTensor] = {k: c.info for k, c in self._canon.items()}
+        self._catalog = TensorCatalog(
+            files, self._groups, params=params, gguf=self._gguf is not None, quant_config=quant_config
+        )
+        catalog = self._catalog
+        self.unmapped = catalog.unmapped
+        self.unsupported = catalog.unsupported
+        self.tensors: LazyMapping[CanonicalTensor] = LazyMapping(
+            catalog.keys, catalog.__contains__, lambda key: catalog.entry(key).info
+        )
+        self.logical: LazyMapping[LogicalTensor] = LazyMapping(
+            catalog.logical_names, lambda n: n in self._groups and n not in self.unsupported, catalog.logical
+        )
         self.arch = self._arch_info(params)
         self._vocab: list[str] | None = None
         self._vocab_read = False
@@ -175,7 +163,9 @@ class ModelView:
 
     @classmethod
     def open(cls, fileset: FileSet, *, weights: str | Sequence[str] | None = None) -> ModelView:
-        """Discover and parse a model's weight files (headers only; bytes counted in ``fileset.stats``).
+        """Discover a model's weight files and read what knowing the model takes (bytes counted in
+        ``fileset.stats``): every header of a single file or unindexed series; for an indexed
+        checkpoint the index, ``config.json`` and the one shard header `arch` needs.
 
         Args:
             fileset (`FileSet`): a local folder/file or a hub repo pinned to a commit.
@@ -184,40 +174,56 @@ class ModelView:
 
         Raises:
             `UnsupportedFormat`: nothing readable (no weights, legacy pickle, unsupported layout).
-            `FormatError`: malformed, truncated, inconsistent or hostile files.
+            `FormatError`: malformed, truncated, inconsistent or hostile files (for a sharded
+                checkpoint: in the index, config, or the shards read at open; the other shards are
+                checked when first used).
             `BudgetExceeded`: the headers alone exceed the fileset's byte budget.
         """
         selection = select_weights(fileset.files, weights=weights)
-        opener = _OPENERS[selection.format]
-        if selection.index is not None:
-            index = read_shard_index(fileset, selection.index)
-            parsed = {p: opener(fileset.open(p)) for p in index.shards}
-            check_shards(index, parsed)
-            files = list(parsed.values())
-            anchor = selection.index
-        else:
-            files = [opener(fileset.open(p)) for p in selection.files]
-            anchor = selection.files[0]
+        opener: Callable[[Any], RowFile] = _OPENERS[selection.format]
+        anchor = selection.index or selection.files[0]
         folder = anchor.rsplit("/", 1)[0] if "/" in anchor else ""
         prefix = f"{folder}/" if folder else ""
-        config = None
+        if selection.index is None:
+            files = WeightFiles(fileset, opener, paths=selection.files)
+        else:
+            files = WeightFiles(fileset, opener, index=read_shard_index(fileset, selection.index))
+        documents = {"gguf": (), "torch": _CONFIG_FILES[:1]}.get(selection.format, _CONFIG_FILES)
+        found = {name: _read_json(fileset, prefix + name) for name in documents}
+        config = found.get("config.json")
         quant_config = None
-        if selection.format != "gguf":
-            config = _read_json(fileset, f"{prefix}config.json")
-            if selection.format == "safetensors":
-                quant_config = QuantConfig.from_documents(
-                    config=config,
-                    quantize_config=_read_json(fileset, f"{prefix}quantize_config.json"),
-                    quant_config=_read_json(fileset, f"{prefix}quant_config.json"),
-                )
+        if selection.format == "safetensors":
+            quant_config = QuantConfig.from_documents(
+                config=config,
+                quantize_config=found.get("quantize_config.json"),
+                quant_config=found.get("quant_config.json"),
+            )
         return cls(
             fileset,
             selection=selection,
-            weight_files=files,
+            files=files,
             config=config,
             quant_config=quant_config,
             folder=folder,
         )
+
+    @property
+    def weight_files(self) -> list[WeightFile]:
+        """Every weight file, parsed: for a sharded checkpoint this reads every shard header not read
+        yet (concurrently). Use ``files.parsed`` to see what has been read."""
+        return list(self.files.files(self.files.paths))
+
+    def prepare(self, keys: Sequence[str]) -> None:
+        """Read, concurrently, the shard headers that canonical ``keys`` need and not read yet.
+
+        A no-op for single files. Reads call it themselves (`read_batch` for all its keys at once);
+        call it before looking at several tensors one by one (``view.tensors[k].shape``) to pay one
+        round trip for their shards instead of one per shard. Unknown keys are ignored.
+
+        Raises:
+            `FormatError`: a shard is malformed or contradicts the index.
+        """
+        self._catalog.resolve_keys(keys)
 
     def _params(self) -> ArchParams:
         if self._gguf is not None:
@@ -247,7 +253,7 @@ class ModelView:
         )
 
     def _family_from_names(self) -> str:
-        names = " ".join(self.logical)
+        names = " ".join(self._groups)
         for needle, family in (
             (".attention.self.query", "bert"),
             (".attn.c_attn", "gpt2"),
@@ -261,31 +267,6 @@ class ModelView:
                 return family
         return "unknown"
 
-    def _canonical(self, m: KeyMapping) -> _Canon:
-        base = self.logical[m.source]
-        bshape = base.shape
-        if m.transposed:
-            units = len(m.index) if m.index is not None else bshape[1]
-            shape: tuple[int, ...] = (units, bshape[0])
-            axis_len = bshape[1]
-            rows_c, cols_c = base.cols_contiguous, base.rows_contiguous
-        else:
-            units = len(m.index) if m.index is not None else (bshape[0] if bshape else 1)
-            shape = (units, *bshape[1:])
-            axis_len = bshape[0] if bshape else 1
-            rows_c, cols_c = base.rows_contiguous, base.cols_contiguous
-        info = CanonicalTensor(
-            key=m.key,
-            shape=shape,
-            dtype=base.dtype,
-            sources=base.sources,
-            files=base.files,
-            rows_contiguous=rows_c,
-            cols_contiguous=cols_c,
-            nbytes=base.nbytes * units // axis_len if axis_len else base.nbytes,
-        )
-        return _Canon(info, base, m)
-
     def _arch_info(self, params: ArchParams) -> ArchInfo:
         cfg = self.config or {}
         t = self.tensors
@@ -297,8 +278,10 @@ class ModelView:
         d_model = (
             _kv_int(g, "embedding_length") if g else _cfg_int(cfg, "hidden_size", "n_embd", "d_model")
         ) or (t["embed"].shape[1] if "embed" in t else 0)
-        up = next((t[k] for k in sorted(t, key=_natural) if k.endswith(".mlp.up")), None)
-        d_ff = params.d_ff or (up.shape[0] if up else None)
+        d_ff = params.d_ff
+        if d_ff is None:  # from the first layer's up projection: one shard header at most
+            up = next((k for k in t if k.endswith(".mlp.up")), None)
+            d_ff = t[up].shape[0] if up is not None else None
         if d_ff is None and params.family == "gpt2" and d_model:
             d_ff = 4 * d_model
         vocab = (
@@ -343,18 +326,31 @@ class ModelView:
                         counts[info.dtype] = counts.get(info.dtype, 0) + 1
                 label = max(counts, key=counts.__getitem__) if counts else None
             return f"gguf:{label}" if label else None
+        kinds = Counter(g.kind for g in self._groups.values() if g.kind != "dense")
+        if not kinds:
+            return None
+        catalog = self._catalog
+        if catalog.lazy:  # one group of the commonest kind tells the scheme: prefer one already read
+            top = kinds.most_common(1)[0][0]
+            members = [g for g in self._groups.values() if g.kind == top]
+            if not any(catalog.is_resolved(g.name) for g in members):
+                catalog.resolve([min(members, key=self._unread_shards).name])
         schemes: dict[str, int] = {}
-        for lt in self.logical.values():
-            scheme = getattr(lt, "scheme", None)
+        for name in self._groups:
+            scheme = getattr(catalog.logical(name), "scheme", None) if catalog.is_resolved(name) else None
             if isinstance(scheme, str):
                 schemes[scheme] = schemes.get(scheme, 0) + 1
         return max(schemes, key=schemes.__getitem__) if schemes else None
 
+    def _unread_shards(self, group: TensorGroup) -> int:
+        parsed = set(self.files.parsed)
+        return len({self.files.names[s] for s in group.stored} - parsed)
+
     # -- reads --------------------------------------------------------------------------------
 
-    def _get(self, key: str) -> _Canon:
+    def _get(self, key: str) -> CanonEntry:
         try:
-            return self._canon[key]
+            return self._catalog.entry(key)
         except KeyError:
             raise KeyError(f"{self.fileset.ref}: no canonical tensor {key!r}") from None
 
@@ -393,7 +389,9 @@ class ModelView:
         return execute(self.plan(key, cols=cols))
 
     def read_batch(self, requests: Sequence[tuple[str, RowsArg | None, RowsArg | None]]) -> list[np.ndarray]:
-        """Several reads ``(key, rows, cols)`` fetched together: one `read_many` per file per stage."""
+        """Several reads ``(key, rows, cols)`` fetched together: the shard headers they need in one round
+        trip (`prepare`), then one `read_many` per file per stage, all files concurrently."""
+        self.prepare([key for key, _, _ in requests])
         plans = [self.plan(key, rows=rows, cols=cols) for key, rows, cols in requests]
         arrays = fetch([need for p in plans for need in p.needs])
         out: list[np.ndarray] = []

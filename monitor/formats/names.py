@@ -15,7 +15,7 @@ GGUFs are not permuted.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -28,6 +28,7 @@ __all__ = [
     "ArchParams",
     "KeyMapping",
     "gguf_rope_rows",
+    "hf_keys",
     "map_gguf_names",
     "map_hf_names",
 ]
@@ -130,25 +131,40 @@ def _suffix(param: str) -> str:
     return "" if param in ("weight", "gamma") else ".bias"
 
 
-def _plain(template: str) -> _Handler:
+@dataclass(frozen=True)
+class _Rule:
+    """A name pattern, how a match maps to keys given the shape, and (for Hugging Face names) which
+    keys it gives from the name alone: a matched name that maps at all maps to exactly those."""
+
+    pattern: re.Pattern[str]
+    handler: _Handler
+    keys: Callable[[re.Match[str]], tuple[str, ...]] | None = None
+
+
+def _template_key(template: str) -> Callable[[re.Match[str]], tuple[str, ...]]:
+    def keys(m: re.Match[str]) -> tuple[str, ...]:
+        return (template.format(*m.groups()[:-1]) + _suffix(m.groups()[-1]),)
+
+    return keys
+
+
+def _plain(pattern: str, template: str) -> _Rule:
+    keys = _template_key(template)
+
     def handler(m: re.Match[str], name: str, shape: tuple[int, ...], arch: ArchParams) -> list[KeyMapping]:
-        return [KeyMapping(template.format(*m.groups()[:-1]) + _suffix(m.groups()[-1]), name)]
+        return [KeyMapping(key, name) for key in keys(m)]
 
-    return handler
+    return _Rule(re.compile(pattern), handler, keys)
 
 
-def _conv1d(template: str) -> _Handler:
+def _conv1d(pattern: str, template: str) -> _Rule:
+    keys = _template_key(template)
+
     def handler(m: re.Match[str], name: str, shape: tuple[int, ...], arch: ArchParams) -> list[KeyMapping]:
-        param = m.groups()[-1]
-        return [
-            KeyMapping(
-                template.format(*m.groups()[:-1]) + _suffix(param),
-                name,
-                transposed=param == "weight" and len(shape) == 2,
-            )
-        ]
+        transposed = m.groups()[-1] == "weight" and len(shape) == 2
+        return [KeyMapping(key, name, transposed=transposed) for key in keys(m)]
 
-    return handler
+    return _Rule(re.compile(pattern), handler, keys)
 
 
 def _ranges(sizes: list[int]) -> list[np.ndarray]:
@@ -170,32 +186,43 @@ def _qkv_sizes(units: int, arch: ArchParams, d_in: int | None) -> list[int] | st
     return f"cannot split fused qkv of {units} rows with the known head counts"
 
 
+def _layer_keys(parts: tuple[str, ...]) -> Callable[[re.Match[str]], tuple[str, ...]]:
+    def keys(m: re.Match[str]) -> tuple[str, ...]:
+        return tuple(f"layers.{m.group(1)}.{k}{_suffix(m.groups()[-1])}" for k in parts)
+
+    return keys
+
+
 def _fused(
-    keys: tuple[str, ...],
+    pattern: str,
+    parts: tuple[str, ...],
     sizes_of: Callable[[int, ArchParams, int | None], list[int] | str],
     *,
     conv1d: bool = False,
-) -> _Handler:
+) -> _Rule:
+    keys = _layer_keys(parts)
+
     def handler(
         m: re.Match[str], name: str, shape: tuple[int, ...], arch: ArchParams
     ) -> list[KeyMapping] | str:
-        layer, param = m.group(1), m.groups()[-1]
-        transposed = conv1d and param == "weight" and len(shape) == 2
+        transposed = conv1d and m.groups()[-1] == "weight" and len(shape) == 2
         units = shape[1] if transposed else shape[0]
         d_in = shape[0] if transposed else (shape[1] if len(shape) == 2 else None)
         sizes = sizes_of(units, arch, d_in)
         if isinstance(sizes, str):
             return sizes
         return [
-            KeyMapping(f"layers.{layer}.{k}{_suffix(param)}", name, transposed, idx)
-            for k, idx in zip(keys, _ranges(sizes), strict=True)
+            KeyMapping(key, name, transposed, idx) for key, idx in zip(keys(m), _ranges(sizes), strict=True)
         ]
 
-    return handler
+    return _Rule(re.compile(pattern), handler, keys)
 
 
 def _halves(units: int, arch: ArchParams, d_in: int | None) -> list[int] | str:
     return [units // 2, units // 2] if units % 2 == 0 else f"odd fused gate/up of {units} rows"
+
+
+_QKV_KEYS = _layer_keys(("attn.q", "attn.k", "attn.v"))
 
 
 def _neox_qkv(
@@ -204,68 +231,55 @@ def _neox_qkv(
     if not arch.n_heads or shape[0] % (3 * arch.n_heads):
         return "GPT-NeoX query_key_value needs num_attention_heads to be split"
     hd = shape[0] // (3 * arch.n_heads)
-    layer, param = m.group(1), m.group(2)
     heads = np.arange(arch.n_heads, dtype=np.int64)[:, None] * 3 * hd
     within = np.arange(hd, dtype=np.int64)[None, :]
     return [
-        KeyMapping(f"layers.{layer}.attn.{k}{_suffix(param)}", name, False, (heads + j * hd + within).ravel())
-        for j, k in enumerate("qkv")
+        KeyMapping(key, name, False, (heads + j * hd + within).ravel()) for j, key in enumerate(_QKV_KEYS(m))
     ]
 
 
 _P = r"(weight|bias)"
 _PN = r"(weight|bias|gamma|beta)"
-_HF_RULES: list[tuple[re.Pattern[str], _Handler]] = [
-    (
-        re.compile(rf"(?:embed_tokens|embeddings\.word_embeddings|wte|embed_in|word_embeddings)\.{_P}"),
-        _plain("embed"),
-    ),
-    (re.compile(rf"(?:embeddings\.position_embeddings|wpe)\.{_P}"), _plain("pos_embed")),
-    (re.compile(rf"embeddings\.token_type_embeddings\.{_P}"), _plain("type_embed")),
-    (re.compile(rf"embeddings\.LayerNorm\.{_PN}"), _plain("embed_norm")),
-    (re.compile(rf"(?:norm|ln_f|final_layer_norm)\.{_P}"), _plain("final_norm")),
-    (re.compile(rf"(?:lm_head|embed_out)\.{_P}"), _plain("lm_head")),
+_HF_RULES: list[_Rule] = [
+    _plain(rf"(?:embed_tokens|embeddings\.word_embeddings|wte|embed_in|word_embeddings)\.{_P}", "embed"),
+    _plain(rf"(?:embeddings\.position_embeddings|wpe)\.{_P}", "pos_embed"),
+    _plain(rf"embeddings\.token_type_embeddings\.{_P}", "type_embed"),
+    _plain(rf"embeddings\.LayerNorm\.{_PN}", "embed_norm"),
+    _plain(rf"(?:norm|ln_f|final_layer_norm)\.{_P}", "final_norm"),
+    _plain(rf"(?:lm_head|embed_out)\.{_P}", "lm_head"),
     # Llama family (Mistral, Qwen2, SmolLM, Baichuan, Phi-3) and GPT-NeoX norms
-    (re.compile(rf"layers\.(\d+)\.input_layernorm\.{_P}"), _plain("layers.{}.attn_norm")),
-    (re.compile(rf"layers\.(\d+)\.post_attention_layernorm\.{_P}"), _plain("layers.{}.mlp_norm")),
-    (re.compile(rf"layers\.(\d+)\.self_attn\.([qkvo])_proj\.{_P}"), _plain("layers.{}.attn.{}")),
-    (
-        re.compile(rf"layers\.(\d+)\.self_attn\.qkv_proj\.{_P}"),
-        _fused(("attn.q", "attn.k", "attn.v"), _qkv_sizes),
+    _plain(rf"layers\.(\d+)\.input_layernorm\.{_P}", "layers.{}.attn_norm"),
+    _plain(rf"layers\.(\d+)\.post_attention_layernorm\.{_P}", "layers.{}.mlp_norm"),
+    _plain(rf"layers\.(\d+)\.self_attn\.([qkvo])_proj\.{_P}", "layers.{}.attn.{}"),
+    _fused(rf"layers\.(\d+)\.self_attn\.qkv_proj\.{_P}", ("attn.q", "attn.k", "attn.v"), _qkv_sizes),
+    _fused(
+        rf"layers\.(\d+)\.self_attn\.W_pack\.{_P}",
+        ("attn.q", "attn.k", "attn.v"),
+        lambda u, a, d: [u // 3] * 3 if u % 3 == 0 else "bad W_pack",
     ),
-    (
-        re.compile(rf"layers\.(\d+)\.self_attn\.W_pack\.{_P}"),
-        _fused(("attn.q", "attn.k", "attn.v"), lambda u, a, d: [u // 3] * 3 if u % 3 == 0 else "bad W_pack"),
-    ),
-    (re.compile(rf"layers\.(\d+)\.mlp\.(gate|up|down)_proj\.{_P}"), _plain("layers.{}.mlp.{}")),
-    (re.compile(rf"layers\.(\d+)\.mlp\.gate_up_proj\.{_P}"), _fused(("mlp.gate", "mlp.up"), _halves)),
+    _plain(rf"layers\.(\d+)\.mlp\.(gate|up|down)_proj\.{_P}", "layers.{}.mlp.{}"),
+    _fused(rf"layers\.(\d+)\.mlp\.gate_up_proj\.{_P}", ("mlp.gate", "mlp.up"), _halves),
     # GPT-NeoX
-    (re.compile(rf"layers\.(\d+)\.attention\.query_key_value\.{_P}"), _neox_qkv),
-    (re.compile(rf"layers\.(\d+)\.attention\.dense\.{_P}"), _plain("layers.{}.attn.o")),
-    (re.compile(rf"layers\.(\d+)\.mlp\.dense_h_to_4h\.{_P}"), _plain("layers.{}.mlp.up")),
-    (re.compile(rf"layers\.(\d+)\.mlp\.dense_4h_to_h\.{_P}"), _plain("layers.{}.mlp.down")),
+    _Rule(re.compile(rf"layers\.(\d+)\.attention\.query_key_value\.{_P}"), _neox_qkv, _QKV_KEYS),
+    _plain(rf"layers\.(\d+)\.attention\.dense\.{_P}", "layers.{}.attn.o"),
+    _plain(rf"layers\.(\d+)\.mlp\.dense_h_to_4h\.{_P}", "layers.{}.mlp.up"),
+    _plain(rf"layers\.(\d+)\.mlp\.dense_4h_to_h\.{_P}", "layers.{}.mlp.down"),
     # BERT
-    (re.compile(rf"encoder\.layer\.(\d+)\.attention\.self\.query\.{_P}"), _plain("layers.{}.attn.q")),
-    (re.compile(rf"encoder\.layer\.(\d+)\.attention\.self\.key\.{_P}"), _plain("layers.{}.attn.k")),
-    (re.compile(rf"encoder\.layer\.(\d+)\.attention\.self\.value\.{_P}"), _plain("layers.{}.attn.v")),
-    (re.compile(rf"encoder\.layer\.(\d+)\.attention\.output\.dense\.{_P}"), _plain("layers.{}.attn.o")),
-    (
-        re.compile(rf"encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.{_PN}"),
-        _plain("layers.{}.mlp_norm"),
-    ),
-    (re.compile(rf"encoder\.layer\.(\d+)\.intermediate\.dense\.{_P}"), _plain("layers.{}.mlp.up")),
-    (re.compile(rf"encoder\.layer\.(\d+)\.output\.dense\.{_P}"), _plain("layers.{}.mlp.down")),
-    (re.compile(rf"encoder\.layer\.(\d+)\.output\.LayerNorm\.{_PN}"), _plain("layers.{}.out_norm")),
+    _plain(rf"encoder\.layer\.(\d+)\.attention\.self\.query\.{_P}", "layers.{}.attn.q"),
+    _plain(rf"encoder\.layer\.(\d+)\.attention\.self\.key\.{_P}", "layers.{}.attn.k"),
+    _plain(rf"encoder\.layer\.(\d+)\.attention\.self\.value\.{_P}", "layers.{}.attn.v"),
+    _plain(rf"encoder\.layer\.(\d+)\.attention\.output\.dense\.{_P}", "layers.{}.attn.o"),
+    _plain(rf"encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.{_PN}", "layers.{}.mlp_norm"),
+    _plain(rf"encoder\.layer\.(\d+)\.intermediate\.dense\.{_P}", "layers.{}.mlp.up"),
+    _plain(rf"encoder\.layer\.(\d+)\.output\.dense\.{_P}", "layers.{}.mlp.down"),
+    _plain(rf"encoder\.layer\.(\d+)\.output\.LayerNorm\.{_PN}", "layers.{}.out_norm"),
     # GPT-2 (Conv1D: [in, out])
-    (re.compile(rf"h\.(\d+)\.ln_1\.{_P}"), _plain("layers.{}.attn_norm")),
-    (re.compile(rf"h\.(\d+)\.ln_2\.{_P}"), _plain("layers.{}.mlp_norm")),
-    (
-        re.compile(rf"h\.(\d+)\.attn\.c_attn\.{_P}"),
-        _fused(("attn.q", "attn.k", "attn.v"), _qkv_sizes, conv1d=True),
-    ),
-    (re.compile(rf"h\.(\d+)\.attn\.c_proj\.{_P}"), _conv1d("layers.{}.attn.o")),
-    (re.compile(rf"h\.(\d+)\.mlp\.c_fc\.{_P}"), _conv1d("layers.{}.mlp.up")),
-    (re.compile(rf"h\.(\d+)\.mlp\.c_proj\.{_P}"), _conv1d("layers.{}.mlp.down")),
+    _plain(rf"h\.(\d+)\.ln_1\.{_P}", "layers.{}.attn_norm"),
+    _plain(rf"h\.(\d+)\.ln_2\.{_P}", "layers.{}.mlp_norm"),
+    _fused(rf"h\.(\d+)\.attn\.c_attn\.{_P}", ("attn.q", "attn.k", "attn.v"), _qkv_sizes, conv1d=True),
+    _conv1d(rf"h\.(\d+)\.attn\.c_proj\.{_P}", "layers.{}.attn.o"),
+    _conv1d(rf"h\.(\d+)\.mlp\.c_fc\.{_P}", "layers.{}.mlp.up"),
+    _conv1d(rf"h\.(\d+)\.mlp\.c_proj\.{_P}", "layers.{}.mlp.down"),
 ]
 _HF_PREFIXES = ("model.", "transformer.", "bert.", "roberta.", "gpt_neox.")
 
@@ -298,25 +312,25 @@ def _gguf_ffn_up(
     return [KeyMapping(f"layers.{layer}.mlp.up{_suffix(param)}", name)]
 
 
-_GGUF_RULES: list[tuple[re.Pattern[str], _Handler]] = [
-    (re.compile(rf"token_embd\.{_P}"), _plain("embed")),
-    (re.compile(rf"position_embd\.{_P}"), _plain("pos_embed")),
-    (re.compile(rf"token_types\.{_P}"), _plain("type_embed")),
-    (re.compile(rf"token_embd_norm\.{_P}"), _plain("embed_norm")),
-    (re.compile(rf"output_norm\.{_P}"), _plain("final_norm")),
-    (re.compile(rf"output\.{_P}"), _plain("lm_head")),
-    (re.compile(rf"blk\.(\d+)\.attn_norm\.{_P}"), _plain("layers.{}.attn_norm")),
-    (re.compile(rf"blk\.(\d+)\.ffn_norm\.{_P}"), _plain("layers.{}.mlp_norm")),
-    (re.compile(rf"blk\.(\d+)\.attn_output_norm\.{_P}"), _plain("layers.{}.mlp_norm")),
-    (re.compile(rf"blk\.(\d+)\.layer_output_norm\.{_P}"), _plain("layers.{}.out_norm")),
-    (re.compile(rf"blk\.(\d+)\.attn_q\.{_P}"), _gguf_qk("q")),
-    (re.compile(rf"blk\.(\d+)\.attn_k\.{_P}"), _gguf_qk("k")),
-    (re.compile(rf"blk\.(\d+)\.attn_v\.{_P}"), _plain("layers.{}.attn.v")),
-    (re.compile(rf"blk\.(\d+)\.attn_output\.{_P}"), _plain("layers.{}.attn.o")),
-    (re.compile(rf"blk\.(\d+)\.attn_qkv\.{_P}"), _fused(("attn.q", "attn.k", "attn.v"), _qkv_sizes)),
-    (re.compile(rf"blk\.(\d+)\.ffn_up\.{_P}"), _gguf_ffn_up),
-    (re.compile(rf"blk\.(\d+)\.ffn_gate\.{_P}"), _plain("layers.{}.mlp.gate")),
-    (re.compile(rf"blk\.(\d+)\.ffn_down\.{_P}"), _plain("layers.{}.mlp.down")),
+_GGUF_RULES: list[_Rule] = [
+    _plain(rf"token_embd\.{_P}", "embed"),
+    _plain(rf"position_embd\.{_P}", "pos_embed"),
+    _plain(rf"token_types\.{_P}", "type_embed"),
+    _plain(rf"token_embd_norm\.{_P}", "embed_norm"),
+    _plain(rf"output_norm\.{_P}", "final_norm"),
+    _plain(rf"output\.{_P}", "lm_head"),
+    _plain(rf"blk\.(\d+)\.attn_norm\.{_P}", "layers.{}.attn_norm"),
+    _plain(rf"blk\.(\d+)\.ffn_norm\.{_P}", "layers.{}.mlp_norm"),
+    _plain(rf"blk\.(\d+)\.attn_output_norm\.{_P}", "layers.{}.mlp_norm"),
+    _plain(rf"blk\.(\d+)\.layer_output_norm\.{_P}", "layers.{}.out_norm"),
+    _Rule(re.compile(rf"blk\.(\d+)\.attn_q\.{_P}"), _gguf_qk("q")),
+    _Rule(re.compile(rf"blk\.(\d+)\.attn_k\.{_P}"), _gguf_qk("k")),
+    _plain(rf"blk\.(\d+)\.attn_v\.{_P}", "layers.{}.attn.v"),
+    _plain(rf"blk\.(\d+)\.attn_output\.{_P}", "layers.{}.attn.o"),
+    _fused(rf"blk\.(\d+)\.attn_qkv\.{_P}", ("attn.q", "attn.k", "attn.v"), _qkv_sizes),
+    _Rule(re.compile(rf"blk\.(\d+)\.ffn_up\.{_P}"), _gguf_ffn_up),
+    _plain(rf"blk\.(\d+)\.ffn_gate\.{_P}", "layers.{}.mlp.gate"),
+    _plain(rf"blk\.(\d+)\.ffn_down\.{_P}", "layers.{}.mlp.down"),
 ]
 
 
@@ -329,8 +343,27 @@ def _strip_hf(name: str) -> str:
     return name
 
 
+def _match(rules: list[_Rule], short: str) -> tuple[_Rule, re.Match[str]] | None:
+    for rule in rules:
+        m = rule.pattern.fullmatch(short)
+        if m is not None:
+            return rule, m
+    return None
+
+
+def _claim(seen: dict[str, str], name: str, keys: Iterable[str]) -> str | None:
+    """Take ``keys`` for ``name`` unless one already comes from an earlier name (then: the reason)."""
+    keys = list(keys)
+    for key in keys:
+        if key in seen:
+            return f"canonical key {key} already comes from {seen[key]}"
+    for key in keys:
+        seen[key] = name
+    return None
+
+
 def _apply(
-    rules: list[tuple[re.Pattern[str], _Handler]],
+    rules: list[_Rule],
     shapes: Mapping[str, tuple[int, ...]],
     arch: ArchParams,
     normalise: Callable[[str], str],
@@ -339,26 +372,18 @@ def _apply(
     unmapped: dict[str, str] = {}
     seen: dict[str, str] = {}
     for name, shape in shapes.items():
-        short = normalise(name)
-        for pattern, handler in rules:
-            m = pattern.fullmatch(short)
-            if m is None:
-                continue
-            result = handler(m, name, shape, arch)
-            if isinstance(result, str):
-                unmapped[name] = result
-            else:
-                for km in result:
-                    if km.key in seen:
-                        unmapped[name] = f"canonical key {km.key} already comes from {seen[km.key]}"
-                        break
-                else:
-                    for km in result:
-                        seen[km.key] = name
-                    mappings.extend(result)
-            break
-        else:
+        found = _match(rules, normalise(name))
+        if found is None:
             unmapped[name] = "no canonical key"
+            continue
+        rule, m = found
+        result = rule.handler(m, name, shape, arch)
+        if isinstance(result, str):
+            unmapped[name] = result
+        elif (taken := _claim(seen, name, (km.key for km in result))) is not None:
+            unmapped[name] = taken
+        else:
+            mappings.extend(result)
     return mappings, unmapped
 
 
@@ -367,6 +392,35 @@ def map_hf_names(
 ) -> tuple[list[KeyMapping], dict[str, str]]:
     """Canonical mappings of Hugging Face-style names; the rest with the reason they are unmapped."""
     return _apply(_HF_RULES, shapes, arch, _strip_hf)
+
+
+def hf_keys(names: Iterable[str]) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
+    """The canonical keys of Hugging Face-style names, from the names alone (no shape, no byte read).
+
+    What a sharded checkpoint's index is enough for: a name that maps at all maps to exactly these
+    keys under `map_hf_names`, which later only adds the shape-dependent parts (split indices,
+    transposes) or finds that a fused tensor cannot be split. Names claiming a key an earlier name
+    already has are unmapped, as in `map_hf_names`.
+
+    Returns:
+        ``(keys by name, unmapped names -> reason)``.
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    unmapped: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for name in names:
+        found = _match(_HF_RULES, _strip_hf(name))
+        if found is None:
+            unmapped[name] = "no canonical key"
+            continue
+        rule, m = found
+        assert rule.keys is not None  # every Hugging Face rule knows its keys from the name
+        keys = rule.keys(m)
+        if (taken := _claim(seen, name, keys)) is not None:
+            unmapped[name] = taken
+        else:
+            out[name] = keys
+    return out, unmapped
 
 
 def map_gguf_names(

@@ -1,8 +1,9 @@
 """Quantised safetensors checkpoints: GPTQ, AWQ and bitsandbytes (int8, NF4/FP4), dequantised on read.
 
 Each quantised ``nn.Linear`` (``out × in``) is stored as several tensors under one module prefix
-``P``; `group_tensors` recognises the groups and returns one logical tensor ``P.weight`` per group,
-with everything else (norms, embeddings, often ``lm_head``) passed through as `DenseTensor`.
+``P``; `monitor.formats.grouping` recognises the groups by name and builds one logical tensor
+``P.weight`` per group from the classes here, with everything else (norms, embeddings, often
+``lm_head``) passed through as `DenseTensor`.
 
 * **GPTQ** (AutoGPTQ/GPTQModel): ``qweight`` int32 ``[in·bits/32, out]`` packed along *in* (value
   ``i`` in row ``i // (32/bits)`` at bit ``bits·(i mod 32/bits)``), ``qzeros`` int32
@@ -33,26 +34,20 @@ from typing import Any
 import numpy as np
 
 from monitor.errors import FormatError, UnsupportedFormat
-from monitor.formats.jsonstrict import loads_strict
-from monitor.formats.logical import DenseTensor, LogicalTensor
-from monitor.formats.quantconfig import QuantConfig
-from monitor.formats.rows import Need, ReadPlan, RowFile, fetch
+from monitor.formats.logical import LogicalTensor
+from monitor.formats.rows import Need, ReadPlan, RowFile
 
 __all__ = [
     "AWQ_ORDER",
-    "MAX_QUANT_STATE_BYTES",
     "AWQLinear",
     "Bnb4bitLinear",
     "BnbInt8Linear",
     "GPTQLinear",
-    "group_tensors",
 ]
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 """AutoAWQ packing: nibble ``i`` of a packed int32 holds output ``8·col + AWQ_ORDER[i]``."""
 _AWQ_REVERSE = np.argsort(AWQ_ORDER)  # output 8·col + k is nibble _AWQ_REVERSE[k]
-MAX_QUANT_STATE_BYTES = 4096
-"""Largest bitsandbytes quant-state JSON accepted."""
 _GROUP_SIZES = (32, 64, 128, 256, 512, 1024)
 
 
@@ -386,144 +381,3 @@ class Bnb4bitLinear(LogicalTensor):
             return np.ascontiguousarray(full[:, cols].T)
 
         return ReadPlan(plan.needs, finish)
-
-
-def _gptq_or_awq(prefix: str, index: Mapping[str, RowFile], config: QuantConfig | None) -> LogicalTensor:
-    parts = {
-        k: (index[f"{prefix}.{k}"], f"{prefix}.{k}")
-        for k in ("qweight", "qzeros", "scales", "g_idx")
-        if f"{prefix}.{k}" in index
-    }
-    qf, _ = parts["qweight"]
-    where = f"{qf.path}: {prefix}"
-    for key in ("qweight", "scales", "qzeros"):
-        if key not in parts:
-            raise UnsupportedFormat(f"{where}: quantised layer without {key}")
-        if len(_shape(*parts[key])) != 2:
-            raise FormatError(f"{where}.{key} must be 2-D")
-    for key in ("qweight", "qzeros", "g_idx"):
-        if key in parts and parts[key][0].info(parts[key][1]).dtype not in ("I32", "U32"):
-            raise FormatError(f"{where}.{key} must be int32")
-    q_rows, q_cols = _shape(*parts["qweight"])
-    groups, out = _shape(*parts["scales"])
-    z_rows, z_cols = _shape(*parts["qzeros"])
-    if z_rows != groups:
-        raise FormatError(f"{where}: qzeros has {z_rows} groups, scales {groups}")
-    method = config.method if config and config.method in ("gptq", "awq") else None
-    if method is None:
-        method = "gptq" if q_cols == out else "awq" if q_cols * 8 == out else None
-    if method == "awq":
-        if config is not None and config.version not in (None, "gemm"):
-            raise UnsupportedFormat(f"{where}: AWQ '{config.version}' layout is not read (GEMM only)")
-        if q_cols * 8 != out or z_cols * 8 != out:
-            raise FormatError(f"{where}: AWQ shapes qweight {q_cols}x8 / qzeros {z_cols}x8 != {out} outputs")
-        return AWQLinear(f"{prefix}.weight", parts, group_size=config.group_size if config else None)
-    if method != "gptq" or q_cols != out:
-        raise FormatError(
-            f"{where}: qweight {q_rows}x{q_cols} matches neither GPTQ nor AWQ for {out} outputs"
-        )
-    if z_cols == 0 or (32 * z_cols) % out:
-        raise FormatError(f"{where}: qzeros width {z_cols} does not fit {out} outputs")
-    bits = 32 * z_cols // out
-    if config is not None and config.bits is not None and config.bits != bits:
-        raise FormatError(f"{where}: {config.source} says {config.bits} bits, qzeros hold {bits}")
-    if bits not in (2, 4, 8):
-        raise UnsupportedFormat(f"{where}: {bits}-bit GPTQ is not read (2, 4 and 8 bits are)")
-    fmt = (config.checkpoint_format if config else None) or "gptq"
-    if fmt not in ("gptq", "gptq_v2"):
-        raise UnsupportedFormat(f"{where}: GPTQ checkpoint format {fmt!r} is not read")
-    if "g_idx" in parts and _shape(*parts["g_idx"]) != (q_rows * 32 // bits,):
-        raise FormatError(f"{where}: g_idx shape {_shape(*parts['g_idx'])} != ({q_rows * 32 // bits},)")
-    return GPTQLinear(
-        f"{prefix}.weight",
-        parts,
-        bits=bits,
-        group_size=config.group_size if config else None,
-        zero_offset=1 if fmt == "gptq" else 0,
-        trivial_g_idx=bool(config is not None and config.desc_act is False),
-    )
-
-
-def _bnb4_states(prefixes: list[str], index: Mapping[str, RowFile]) -> dict[str, dict[str, Any]]:
-    """Read every quant-state JSON of the checkpoint at once (one `read_many` per file)."""
-    needs: list[Need] = []
-    names: list[str] = []
-    for prefix in prefixes:
-        name = next(n for n in index if n.startswith(f"{prefix}.weight.quant_state.bitsandbytes__"))
-        f = index[name]
-        info = f.info(name)
-        if info.dtype != "U8" or info.nbytes > MAX_QUANT_STATE_BYTES or len(info.shape) != 1:
-            raise FormatError(f"{f.path}: {name} is not a small uint8 JSON quant state")
-        needs.append(Need(f, name, np.arange(info.shape[0]), True))
-        names.append(name)
-    states: dict[str, dict[str, Any]] = {}
-    for prefix, name, need, arr in zip(prefixes, names, needs, fetch(needs), strict=True):
-        doc = loads_strict(arr.tobytes(), what=f"{need.file.path}: {name}")
-        if not isinstance(doc, dict):
-            raise FormatError(f"{need.file.path}: {name} is not a JSON object")
-        states[prefix] = doc
-    return states
-
-
-def group_tensors(
-    index: Mapping[str, RowFile], config: QuantConfig | None = None
-) -> tuple[dict[str, LogicalTensor], dict[str, str]]:
-    """Turn stored tensors into logical tensors, dequantising quantised groups.
-
-    Args:
-        index (`Mapping[str, RowFile]`): every stored tensor name -> the file holding it.
-        config (`QuantConfig | None`): the quantisation settings, if any document gave them.
-
-    Returns:
-        ``(logical tensors by name, unsupported logical names -> reason)``.
-
-    Raises:
-        `FormatError`: inconsistent quantised groups.
-    """
-    logical: dict[str, LogicalTensor] = {}
-    unsupported: dict[str, str] = {}
-    used: set[str] = set()
-    for name in sorted(index):
-        if name.endswith(".qweight"):
-            prefix = name[: -len(".qweight")]
-            used.update(f"{prefix}.{k}" for k in ("qweight", "qzeros", "scales", "g_idx"))
-            try:
-                logical[f"{prefix}.weight"] = _gptq_or_awq(prefix, index, config)
-            except UnsupportedFormat as exc:
-                unsupported[f"{prefix}.weight"] = str(exc)
-        elif name.endswith(".SCB"):
-            prefix = name[: -len(".SCB")]
-            weight = f"{prefix}.weight"
-            wfile = index.get(weight)
-            if wfile is None or wfile.info(weight).dtype != "I8" or len(wfile.info(weight).shape) != 2:
-                raise FormatError(f"{index[name].path}: {name} without an int8 2-D {weight}")
-            if index[name].info(name).shape != (wfile.info(weight).shape[0],):
-                raise FormatError(f"{index[name].path}: {name} does not have one scale per row of {weight}")
-            used.update({name, weight, f"{prefix}.weight_format"})
-            logical[weight] = BnbInt8Linear(weight, (wfile, weight), (index[name], name))
-    bnb4 = sorted(
-        {
-            n.split(".weight.quant_state.bitsandbytes__")[0]
-            for n in index
-            if ".weight.quant_state.bitsandbytes__" in n
-        }
-    )
-    for prefix, state in _bnb4_states(bnb4, index).items():
-        keys = ("weight", "absmax", "quant_map", "nested_absmax", "nested_quant_map")
-        parts = {}
-        for key in keys:
-            full = f"{prefix}.weight" if key == "weight" else f"{prefix}.weight.{key}"
-            if full in index:
-                parts[key] = (index[full], full)
-        used.update(n for n in index if n == f"{prefix}.weight" or n.startswith(f"{prefix}.weight."))
-        missing = [k for k in keys[:3] if k not in parts]
-        if missing:
-            raise FormatError(f"{prefix}: bitsandbytes 4-bit layer without {', '.join(missing)}")
-        try:
-            logical[f"{prefix}.weight"] = Bnb4bitLinear(f"{prefix}.weight", parts, state)
-        except UnsupportedFormat as exc:
-            unsupported[f"{prefix}.weight"] = str(exc)
-    for name, file in index.items():
-        if name not in used and name not in logical:
-            logical[name] = DenseTensor(file, name)
-    return logical, unsupported

@@ -4,7 +4,8 @@ Every layout we read stores a tensor's rows (first axis) as contiguous runs of w
 "rows 3, 4, 5 and 90 of tensor T" is two byte spans. A `ReadPlan` lists what one logical read needs
 (possibly several tensors: a GPTQ column needs ``qweight``, ``scales`` and ``qzeros`` rows) and
 `execute` turns it into exactly one `ByteSource.read_many` call per file, with overlapping and
-touching spans merged, so the HTTP layer sees the whole read at once and can coalesce it. A plan's
+touching spans merged, so the HTTP layer sees the whole read at once and can coalesce it; the calls
+for different files run concurrently (one round trip for a read spread over shards). A plan's
 ``finish`` may return a follow-up plan when the second read depends on the first (GPTQ act-order
 ``g_idx``); `plan_bytes` then adds the follow-up's declared upper bound.
 """
@@ -21,6 +22,7 @@ import numpy as np
 from monitor.errors import FormatError, UnsupportedFormat
 from monitor.formats.base import TensorInfo
 from monitor.formats.dtypes import Codec, codec_for
+from monitor.formats.parallel import map_concurrently
 from monitor.remote.source import ByteSource, Span
 
 __all__ = [
@@ -257,21 +259,31 @@ def plan_bytes(plan: ReadPlan) -> int:
     return total + plan.followup_bytes
 
 
+def _read_file(job: tuple[RowFile, list[Span]]) -> tuple[list[Span], list[bytes]]:
+    """One file's merged spans and their bytes, checked for length."""
+    file, spans = job
+    merged = merge_spans(spans)
+    chunks = file.source.read_many(merged) if merged else []
+    for (s, e), chunk in zip(merged, chunks, strict=True):
+        if len(chunk) != e - s:
+            raise FormatError(f"{file.path}: short read of [{s}, {e}): {len(chunk)} bytes")
+    return merged, chunks
+
+
 def fetch(needs: Sequence[Need]) -> list[np.ndarray]:
-    """Fetch and decode several needs with one `read_many` per file; one array per need."""
+    """Fetch and decode several needs with one `read_many` per file; one array per need.
+
+    The files are read concurrently (`map_concurrently`), so a batch spread over the shards of a
+    checkpoint costs one round trip rather than one per shard.
+    """
     files: dict[int, RowFile] = {}
     spans_by_file: dict[int, list[Span]] = {}
     for need in needs:
         files[id(need.file)] = need.file
         spans_by_file.setdefault(id(need.file), []).extend(need.spans)
-    data: dict[int, tuple[list[Span], list[bytes]]] = {}
-    for key, spans in spans_by_file.items():
-        merged = merge_spans(spans)
-        chunks = files[key].source.read_many(merged) if merged else []
-        for (s, e), chunk in zip(merged, chunks, strict=True):
-            if len(chunk) != e - s:
-                raise FormatError(f"{files[key].path}: short read of [{s}, {e}): {len(chunk)} bytes")
-        data[key] = (merged, chunks)
+    keys = list(spans_by_file)
+    results = map_concurrently(_read_file, [(files[k], spans_by_file[k]) for k in keys])
+    data: dict[int, tuple[list[Span], list[bytes]]] = dict(zip(keys, results, strict=True))
     out: list[np.ndarray] = []
     for need in needs:
         merged, chunks = data[id(need.file)]
@@ -287,7 +299,7 @@ def fetch(needs: Sequence[Need]) -> list[np.ndarray]:
 
 
 def execute(plan: ReadPlan) -> np.ndarray:
-    """Run a plan: one `read_many` per file per stage, then ``finish``."""
+    """Run a plan: one `read_many` per file per stage (files concurrently), then ``finish``."""
     current: ReadPlan | np.ndarray = plan
     while isinstance(current, ReadPlan):
         current = current.finish(fetch(current.needs))

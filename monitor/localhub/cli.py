@@ -15,8 +15,17 @@ from types import FrameType
 
 import click
 
+from monitor.errors import FormatError
 from monitor.localhub.server import LocalHub
-from monitor.localhub.virtual_llama import LLAMA_7B, LLAMA_70B, LlamaShape, write_virtual_llama
+from monitor.localhub.virtual_gguf import FILE_TYPES, write_virtual_gguf
+from monitor.localhub.virtual_gptq import write_virtual_gptq
+from monitor.localhub.virtual_llama import (
+    DEFAULT_MAX_SHARD_BYTES,
+    LLAMA_7B,
+    LLAMA_70B,
+    LlamaShape,
+    write_virtual_llama,
+)
 
 __all__ = ["hub"]
 
@@ -82,6 +91,15 @@ def serve(directory: Path, host: str, port: int, token_env: str | None, no_cdn_r
 @hub.command("virtual-llama")
 @click.argument("repo_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--shape", type=click.Choice(sorted(_SHAPES)), default="7b", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["safetensors", "gguf", "gptq"]),
+    default="safetensors",
+    show_default=True,
+    help="safetensors: config, index, shards and tokenizer as save_pretrained writes them; gguf: one "
+    "llama.cpp GGUF (tokenizer in its header); gptq: an AutoGPTQ checkpoint with its configs and tokenizer.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Value seed of the model.")
 @click.option(
     "--derive-from",
@@ -92,38 +110,105 @@ def serve(directory: Path, host: str, port: int, token_env: str | None, no_cdn_r
 )
 @click.option("--noise-seed", type=int, default=1, show_default=True)
 @click.option("--rel-noise", type=float, default=0.05, show_default=True)
-@click.option("--dtype", type=click.Choice(["BF16", "F16", "F32"]), default="BF16", show_default=True)
-@click.option("--max-shard-bytes", type=click.IntRange(1), default=5_000_000_000, show_default=True)
+@click.option(
+    "--dtype",
+    type=click.Choice(["BF16", "F16", "F32"]),
+    default="BF16",
+    show_default=True,
+    help="safetensors: the stored dtype; gguf, gptq: the dtype of the checkpoint that was converted.",
+)
+@click.option(
+    "--max-shard-bytes",
+    type=click.IntRange(1),
+    default=None,
+    help=f"safetensors (default {DEFAULT_MAX_SHARD_BYTES:,}) and gptq (default: one file): shard size limit.",
+)
+@click.option(
+    "--file-type",
+    type=click.Choice(sorted(FILE_TYPES)),
+    default=None,
+    help="gguf only: llama-quantize file type (default Q4_K_M).",
+)
+@click.option("--bits", type=click.Choice(["2", "4", "8"]), default=None, help="gptq only (default 4).")
+@click.option(
+    "--group-size",
+    type=int,
+    default=None,
+    help="gptq only: inputs per quantisation group, -1 for one group per row (default 128).",
+)
 def virtual_llama(
     repo_dir: Path,
     shape: str,
+    fmt: str,
     seed: int,
     base_seed: int | None,
     noise_seed: int,
     rel_noise: float,
     dtype: str,
-    max_shard_bytes: int,
+    max_shard_bytes: int | None,
+    file_type: str | None,
+    bits: str | None,
+    group_size: int | None,
 ) -> None:
-    """Write a virtual Llama checkpoint (config, index, shard specs) into REPO_DIR.
+    """Write a virtual Llama checkpoint (specs the local hub serves as full-size files) into REPO_DIR.
 
     \b
     Example:
         hubsentry hub virtual-llama ./demo-hub/acme/llama-7b --shape 7b --seed 7
         hubsentry hub virtual-llama ./demo-hub/thief/llama-ft --derive-from 7 --rel-noise 0.05
+        hubsentry hub virtual-llama ./demo-hub/thief/ft-GGUF --derive-from 7 --format gguf --file-type Q8_0
+        hubsentry hub virtual-llama ./demo-hub/thief/ft-GPTQ --derive-from 7 --format gptq --bits 4
     """
+    misplaced = [
+        flag
+        for flag, value, formats in (
+            ("--file-type", file_type, ("gguf",)),
+            ("--bits", bits, ("gptq",)),
+            ("--group-size", group_size, ("gptq",)),
+            ("--max-shard-bytes", max_shard_bytes, ("safetensors", "gptq")),
+        )
+        if value is not None and fmt not in formats
+    ]
+    if misplaced:
+        raise click.UsageError(f"{', '.join(misplaced)} does not apply to --format {fmt}")
     derivation = None
     if base_seed is not None:
         derivation = {"base_seed": base_seed, "noise_seed": noise_seed, "rel_noise": rel_noise}
+    model = _SHAPES[shape]
+    values_seed = None if derivation else seed
     try:
-        written = write_virtual_llama(
-            repo_dir,
-            _SHAPES[shape],
-            seed=None if derivation else seed,
-            derivation=derivation,
-            dtype=dtype,
-            max_shard_bytes=max_shard_bytes,
-        )
-    except (ValueError, OSError) as exc:
+        if fmt == "gguf":
+            written = [
+                write_virtual_gguf(
+                    repo_dir,
+                    model,
+                    seed=values_seed,
+                    derivation=derivation,
+                    file_type=file_type or "Q4_K_M",
+                    source_dtype=dtype,
+                )
+            ]
+        elif fmt == "gptq":
+            written = write_virtual_gptq(
+                repo_dir,
+                model,
+                seed=values_seed,
+                derivation=derivation,
+                bits=int(bits or 4),
+                group_size=128 if group_size is None else group_size,
+                max_shard_bytes=max_shard_bytes,
+                source_dtype=dtype,
+            )
+        else:
+            written = write_virtual_llama(
+                repo_dir,
+                model,
+                seed=values_seed,
+                derivation=derivation,
+                dtype=dtype,
+                max_shard_bytes=max_shard_bytes or DEFAULT_MAX_SHARD_BYTES,
+            )
+    except (ValueError, FormatError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     for path in written:
         click.echo(str(path))

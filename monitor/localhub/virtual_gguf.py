@@ -31,7 +31,6 @@ Spec (``<name>.Q4_K_M.gguf.virtual.json``)::
 
 from __future__ import annotations
 
-import bisect
 import math
 import os
 import struct
@@ -46,7 +45,8 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 from monitor.errors import FormatError
 from monitor.formats.gguf_quants import quantize
 from monitor.formats.names import gguf_rope_rows
-from monitor.localhub.virtual import VIRTUAL_SUFFIX, ValueSource, VirtualFile
+from monitor.localhub.virtual import VIRTUAL_SUFFIX
+from monitor.localhub.virtual_conversion import LlamaConversion
 from monitor.localhub.virtual_llama import LlamaShape, LlamaWeights, write_json
 from monitor.localhub.virtual_vocab import TOKEN_TYPES, llama_vocab
 
@@ -99,7 +99,6 @@ _GLOBAL_NAMES = {
     "model.norm.weight": "output_norm.weight",
     "lm_head.weight": "output.weight",
 }
-_SPEC_KEYS = LlamaWeights.SPEC_KEYS | {"kind", "version", "file_type", "name", "vocab_seed"}
 _ROW_BATCH_ELEMS = 1 << 20
 """Elements generated per batch of rows (bounds memory for reads of any size)."""
 # GGUF value types
@@ -238,20 +237,14 @@ def _array(key: str, etype: int, values: Sequence[Any]) -> bytes:
     return head + np.asarray(values, dtype=dtype).tobytes()
 
 
-class VirtualGGUF(VirtualFile):
+class VirtualGGUF(LlamaConversion[GGUFTensor]):
     """A llama.cpp GGUF of a virtual Llama (see the module docstring)."""
 
     kind = "gguf"
+    EXTRA_KEYS = frozenset({"file_type", "name", "vocab_seed"})
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        unknown = set(spec) - _SPEC_KEYS
-        if unknown:
-            raise FormatError(f"unknown keys in gguf spec: {sorted(unknown)}")
-        if spec.get("version", 1) != 1:
-            raise FormatError(f"unsupported gguf spec version {spec.get('version')!r}")
-        self.weights = LlamaWeights.from_spec(spec)
-        self.model = self.weights.shape
         self.file_type = spec.get("file_type", "Q4_K_M")
         if self.file_type not in FILE_TYPES:
             raise FormatError(f"file_type must be one of {sorted(FILE_TYPES)}, got {self.file_type!r}")
@@ -302,14 +295,13 @@ class VirtualGGUF(VirtualFile):
         head = b"GGUF" + struct.pack("<IQQ", 3, len(planned), kv[0]) + kv[1] + infos
         self.header_bytes = len(head)
         self.data_offset = -(-len(head) // ALIGNMENT) * ALIGNMENT
-        self._prefix = head + b"\0" * (self.data_offset - len(head))
-        self.tensors: list[GGUFTensor] = []
+        tensors: list[GGUFTensor] = []
         for (gname, hf, qtype, shape, mean, std, rope), (off, nbytes) in zip(
             planned, rel_offsets, strict=True
         ):
             block, size = GGML_QUANT_SIZES[qtype]
             row_bytes = shape[-1] // block * size
-            self.tensors.append(
+            tensors.append(
                 GGUFTensor(
                     gname,
                     hf,
@@ -323,10 +315,8 @@ class VirtualGGUF(VirtualFile):
                     row_bytes,
                 )
             )
-        self._by_name = {t.name: t for t in self.tensors}
-        self._starts = [t.offset for t in self.tensors]
         self._hf_rows: dict[str, np.ndarray] = {}
-        self.size = self.data_offset + rel
+        self._set_layout(head + b"\0" * (self.data_offset - len(head)), tensors, self.data_offset + rel)
 
     def _metadata(self) -> tuple[int, bytes]:
         m, v = self.model, self.vocab
@@ -360,13 +350,6 @@ class VirtualGGUF(VirtualFile):
         assert TOKEN_TYPES["normal"] in v.types
         return len(items), b"".join(items)
 
-    def tensor_info(self, name: str) -> GGUFTensor:
-        """Layout of one tensor by GGUF name."""
-        try:
-            return self._by_name[name]
-        except KeyError:
-            raise FormatError(f"no tensor {name!r} in this virtual GGUF") from None
-
     # -- values -----------------------------------------------------------------------------------
 
     def _hf_row_index(self, t: GGUFTensor) -> np.ndarray:
@@ -398,42 +381,14 @@ class VirtualGGUF(VirtualFile):
                 pos += run.size
         return self.weights.stored(t.mean + t.std * out)
 
-    def _row_bytes(self, t: GGUFTensor, start: int, stop: int) -> bytes:
-        rows = self.float_rows(t.name, start, stop)
+    def _rows(self, t: GGUFTensor, r0: int, r1: int) -> bytes:
+        rows = self.float_rows(t.name, r0, r1)
         if t.qtype == GGMLQuantizationType.F32:
             return rows.astype("<f4").tobytes()
         return np.ascontiguousarray(quantize(rows, t.qtype)).tobytes()
 
-    # -- bytes ------------------------------------------------------------------------------------
-
-    def read(self, start: int, end: int) -> bytes:
-        self._check(start, end)
-        out = bytearray()
-        if start < len(self._prefix):
-            out += self._prefix[start : min(end, len(self._prefix))]
-        pos = max(start, len(self._prefix))
-        while pos < end:
-            i = bisect.bisect_right(self._starts, pos) - 1
-            t = self.tensors[i]
-            t_end = t.offset + t.nbytes
-            if pos >= t_end:  # alignment padding after tensor i
-                nxt = self._starts[i + 1] if i + 1 < len(self.tensors) else self.size
-                stop = min(end, nxt)
-                out += b"\0" * (stop - pos)
-                pos = stop
-                continue
-            stop = min(end, t_end)
-            lo, hi = pos - t.offset, stop - t.offset
-            first, last = lo // t.row_bytes, -(-hi // t.row_bytes)
-            batch = max(1, _ROW_BATCH_ELEMS // t.row_elems)
-            for r in range(first, last, batch):
-                r_end = min(r + batch, last)
-                data = self._row_bytes(t, r, r_end)
-                a = max(lo, r * t.row_bytes) - r * t.row_bytes
-                b = min(hi, r_end * t.row_bytes) - r * t.row_bytes
-                out += data[a:b]
-            pos = stop
-        return bytes(out)
+    def _step(self, t: GGUFTensor) -> int:
+        return max(1, _ROW_BATCH_ELEMS // t.row_elems)
 
 
 def write_virtual_gguf(
@@ -466,13 +421,14 @@ def write_virtual_gguf(
     Raises:
         `ValueError`: neither seed nor derivation; `FormatError`: an invalid combination.
     """
-    if seed is None and derivation is None:
-        raise ValueError("give a seed or a derivation")
-    try:
-        values = ValueSource.from_spec({"seed": seed} if derivation is None else {"derivation": derivation})
-    except FormatError as exc:
-        raise ValueError(str(exc)) from None
-    weights = LlamaWeights(shape, values, source_dtype, init_std, norm_std)
+    weights = LlamaWeights.create(
+        shape,
+        seed=seed,
+        derivation=derivation,
+        source_dtype=source_dtype,
+        init_std=init_std,
+        norm_std=norm_std,
+    )
     spec: dict[str, Any] = {
         "kind": "gguf",
         **weights.to_spec(),

@@ -32,7 +32,6 @@ Spec (``model.safetensors.virtual.json`` in a GPTQ repo)::
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
 import os
@@ -45,7 +44,8 @@ from typing import Any
 import numpy as np
 
 from monitor.errors import FormatError
-from monitor.localhub.virtual import VIRTUAL_SUFFIX, ValueSource, VirtualFile
+from monitor.localhub.virtual import VIRTUAL_SUFFIX
+from monitor.localhub.virtual_conversion import LlamaConversion
 from monitor.localhub.virtual_llama import (
     LlamaShape,
     LlamaWeights,
@@ -64,7 +64,6 @@ __all__ = [
     "write_virtual_gptq",
 ]
 
-_SPEC_KEYS = LlamaWeights.SPEC_KEYS | {"kind", "version", "bits", "group_size", "sym", "tensors"}
 _DTYPE_RANK = {"F16": 7, "BF16": 8, "I32": 9, "F32": 11}
 """Positions in safetensors' ``Dtype`` enum; files hold tensors by descending dtype, then name."""
 _ITEMSIZE = {"F16": 2, "BF16": 2, "I32": 4, "F32": 4}
@@ -172,20 +171,14 @@ class GPTQTensor:
         return self.shape[0] if len(self.shape) == 2 else 1
 
 
-class VirtualGPTQ(VirtualFile):
+class VirtualGPTQ(LlamaConversion[GPTQTensor]):
     """A GPTQ safetensors checkpoint (or one shard of it) of a virtual Llama (see the module docstring)."""
 
     kind = "gptq"
+    EXTRA_KEYS = frozenset({"bits", "group_size", "sym", "tensors"})
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        unknown = set(spec) - _SPEC_KEYS
-        if unknown:
-            raise FormatError(f"unknown keys in gptq spec: {sorted(unknown)}")
-        if spec.get("version", 1) != 1:
-            raise FormatError(f"unsupported gptq spec version {spec.get('version')!r}")
-        self.weights = LlamaWeights.from_spec(spec)
-        self.model = self.weights.shape
         self.bits = spec.get("bits", 4)
         if self.bits not in (2, 4, 8) or isinstance(self.bits, bool):
             raise FormatError(f"bits must be 2, 4 or 8, got {self.bits!r}")
@@ -257,14 +250,14 @@ class VirtualGPTQ(VirtualFile):
             pos += nbytes
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)
-        self._prefix = struct.pack("<Q", len(raw)) + raw
-        base = len(self._prefix)
-        self.tensors: list[GPTQTensor] = []
+        prefix = struct.pack("<Q", len(raw)) + raw
+        base = len(prefix)
+        tensors: list[GPTQTensor] = []
         for (name, weight, part, dtype, shape, mean, std, wshape), (off, nbytes) in zip(
             stored, rel, strict=True
         ):
             row = math.prod(shape[1:]) * _ITEMSIZE[dtype] if len(shape) == 2 else nbytes
-            self.tensors.append(
+            tensors.append(
                 GPTQTensor(
                     name,
                     weight,
@@ -279,17 +272,8 @@ class VirtualGPTQ(VirtualFile):
                     row,
                 )
             )
-        self._by_name = {t.name: t for t in self.tensors}
-        self._starts = [t.offset for t in self.tensors]
         self.header_size = base
-        self.size = base + pos
-
-    def tensor_info(self, name: str) -> GPTQTensor:
-        """Layout of one stored tensor."""
-        try:
-            return self._by_name[name]
-        except KeyError:
-            raise FormatError(f"no tensor {name!r} in this virtual GPTQ file") from None
+        self._set_layout(prefix, tensors, base + pos)
 
     # -- values -----------------------------------------------------------------------------------
 
@@ -348,36 +332,6 @@ class VirtualGPTQ(VirtualFile):
         groups = max(1, _ROW_BATCH_ELEMS // (out * gs))
         return groups * gs // self.pack if t.part == "qweight" else groups
 
-    # -- bytes ------------------------------------------------------------------------------------
-
-    def read(self, start: int, end: int) -> bytes:
-        self._check(start, end)
-        out = bytearray()
-        if start < len(self._prefix):
-            out += self._prefix[start : min(end, len(self._prefix))]
-        pos = max(start, len(self._prefix))
-        i = bisect.bisect_right(self._starts, pos) - 1
-        while pos < end:
-            t = self.tensors[i]
-            stop = min(end, t.offset + t.nbytes)
-            if stop <= pos:  # empty tensor
-                i += 1
-                continue
-            lo, hi = pos - t.offset, stop - t.offset
-            first, last = lo // t.row_bytes, -(-hi // t.row_bytes)
-            step = self._step(t)
-            r = first
-            while r < last:
-                r_end = min(last, (r // step + 1) * step)
-                data = self._rows(t, r, r_end)
-                a = max(lo, r * t.row_bytes) - r * t.row_bytes
-                b = min(hi, r_end * t.row_bytes) - r * t.row_bytes
-                out += data[a:b]
-                r = r_end
-            pos = stop
-            i += 1
-        return bytes(out)
-
 
 def quantize_config_json(*, bits: int = 4, group_size: int = 128, sym: bool = True) -> dict[str, Any]:
     """``quantize_config.json`` as AutoGPTQ writes it (also ``config.json``'s ``quantization_config``)."""
@@ -425,13 +379,14 @@ def write_virtual_gptq(
     Returns:
         Paths of the files written.
     """
-    if seed is None and derivation is None:
-        raise ValueError("give a seed or a derivation")
-    try:
-        values = ValueSource.from_spec({"seed": seed} if derivation is None else {"derivation": derivation})
-    except FormatError as exc:
-        raise ValueError(str(exc)) from None
-    weights = LlamaWeights(shape, values, source_dtype, init_std, norm_std)
+    weights = LlamaWeights.create(
+        shape,
+        seed=seed,
+        derivation=derivation,
+        source_dtype=source_dtype,
+        init_std=init_std,
+        norm_std=norm_std,
+    )
     base: dict[str, Any] = {
         "kind": "gptq",
         **weights.to_spec(),

@@ -38,12 +38,13 @@ from monitor.localhub.virtual import VIRTUAL_SUFFIX, ValueSource
 from monitor.localhub.virtual_safetensors import (
     DTYPE_SIZES,
     VirtualSafetensors,
-    _from_dtype_bytes,
-    _to_dtype_bytes,
+    from_dtype_bytes,
+    to_dtype_bytes,
 )
 from monitor.localhub.virtual_vocab import MIN_VOCAB, SPECIAL_TOKENS, llama_vocab, tokenizer_json
 
 __all__ = [
+    "DEFAULT_MAX_SHARD_BYTES",
     "LLAMA_7B",
     "LLAMA_70B",
     "LlamaShape",
@@ -222,6 +223,33 @@ class LlamaWeights:
             float(stds["norm_std"]),
         )
 
+    @classmethod
+    def create(
+        cls,
+        shape: LlamaShape,
+        *,
+        seed: int | None = 0,
+        derivation: Mapping[str, Any] | None = None,
+        source_dtype: str = "BF16",
+        init_std: float = 0.02,
+        norm_std: float = 0.1,
+    ) -> LlamaWeights:
+        """The weights `write_virtual_llama` writes with the same arguments (for the converting kinds'
+        ``write_*`` functions).
+
+        Raises:
+            `ValueError`: neither a seed nor a derivation, or a malformed derivation.
+        """
+        if seed is None and derivation is None:
+            raise ValueError("give a seed or a derivation")
+        try:
+            values = ValueSource.from_spec(
+                {"seed": seed} if derivation is None else {"derivation": derivation}
+            )
+        except FormatError as exc:
+            raise ValueError(str(exc)) from None
+        return cls(shape, values, source_dtype, init_std, norm_std)
+
     def to_spec(self) -> dict[str, Any]:
         """The spec keys (inverse of `from_spec`)."""
         return {
@@ -241,8 +269,8 @@ class LlamaWeights:
         """float64 weights rounded as the ``source_dtype`` checkpoint stores them, as float32."""
         if self.source_dtype == "F32":
             return values.astype(np.float32)
-        data = _to_dtype_bytes(values, self.source_dtype)
-        return _from_dtype_bytes(data, self.source_dtype).reshape(values.shape)
+        data = to_dtype_bytes(values, self.source_dtype)
+        return from_dtype_bytes(data, self.source_dtype).reshape(values.shape)
 
 
 def _special(content: str) -> dict[str, Any]:

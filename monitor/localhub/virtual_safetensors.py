@@ -18,7 +18,9 @@ Element ``i`` of tensor ``t`` is ``mean + std·z(seed, t, i)`` with ``z`` from
 `monitor.localhub.virtual.normal_values`. With a derivation it is
 ``mean + std·(z(base_seed, t, i) + rel_noise·z(noise_seed, t, i))``: the base model plus Gaussian
 noise of ``rel_noise`` times the tensor's scale, i.e. a "fine-tuned" derivative of the virtual model
-with ``seed = base_seed``. Values are rounded to the tensor's dtype (F32, F16 or BF16, round to nearest
+with ``seed = base_seed``. Both come from `monitor.localhub.virtual.ValueSource`, the ``seed``/
+``derivation`` reader every kind shares, so the GGUF and GPTQ kinds of one derivation hold the same
+weights. Values are rounded to the tensor's dtype (F32, F16 or BF16, round to nearest
 even), so the stored bytes — and everything a reader decodes — are exact and reproducible.
 
 Layout is what ``safetensors`` writes: u64-LE header length, JSON header padded with spaces to a
@@ -38,9 +40,9 @@ from typing import Any
 import numpy as np
 
 from monitor.errors import FormatError
-from monitor.localhub.virtual import VirtualFile, normal_values
+from monitor.localhub.virtual import ValueSource, VirtualFile
 
-__all__ = ["DTYPE_SIZES", "VirtualSafetensors", "VirtualTensor"]
+__all__ = ["DTYPE_SIZES", "VirtualSafetensors", "VirtualTensor", "from_dtype_bytes", "to_dtype_bytes"]
 
 DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2}
 _MAX_TENSORS = 1_000_000
@@ -93,8 +95,9 @@ def _float(value: Any, what: str) -> float:
     return float(value)
 
 
-def _to_dtype_bytes(values: np.ndarray, dtype: str) -> bytes:
-    """float64 values -> little-endian bytes of ``dtype`` (BF16: round to nearest even)."""
+def to_dtype_bytes(values: np.ndarray, dtype: str) -> bytes:
+    """float64 values -> little-endian bytes of ``dtype`` (``F32``, ``F16``, ``BF16``; BF16 rounds to
+    nearest even, as ``torch`` does), the bytes every float kind stores."""
     if dtype == "F32":
         return values.astype("<f4").tobytes()
     if dtype == "F16":
@@ -104,8 +107,8 @@ def _to_dtype_bytes(values: np.ndarray, dtype: str) -> bytes:
     return rounded.astype("<u2").tobytes()
 
 
-def _from_dtype_bytes(data: bytes, dtype: str) -> np.ndarray:
-    """Decode stored bytes to float32 exactly."""
+def from_dtype_bytes(data: bytes, dtype: str) -> np.ndarray:
+    """Decode stored ``F32``/``F16``/``BF16`` bytes to float32 exactly (inverse of `to_dtype_bytes`)."""
     if dtype == "F32":
         return np.frombuffer(data, dtype="<f4").astype(np.float32)
     if dtype == "F16":
@@ -126,10 +129,7 @@ class VirtualSafetensors(VirtualFile):
             raise FormatError(f"unknown keys in safetensors spec: {sorted(unknown)}")
         if _int(spec.get("version", 1), "version") != 1:
             raise FormatError(f"unsupported safetensors spec version {spec.get('version')}")
-        self.seed = _int(spec["seed"], "seed") if "seed" in spec else None
-        self.base_seed, self.noise_seed, self.rel_noise = self._parse_derivation(spec.get("derivation"))
-        if self.seed is None and self.base_seed is None:
-            raise FormatError("safetensors spec needs a 'seed' or a 'derivation'")
+        self.value_source = ValueSource.from_spec(spec)
         metadata = spec.get("metadata", {"format": "pt"})
         if not isinstance(metadata, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
@@ -155,21 +155,6 @@ class VirtualSafetensors(VirtualFile):
         self._starts = [t.offset for t in self.tensors]
         self.header_size = base
         self.size = base + sum(t.nbytes for t in relative)
-
-    @staticmethod
-    def _parse_derivation(raw: Any) -> tuple[int | None, int | None, float]:
-        if raw is None:
-            return None, None, 0.0
-        if not isinstance(raw, dict) or set(raw) - {"base_seed", "noise_seed", "rel_noise"}:
-            raise FormatError("'derivation' must be {base_seed, noise_seed, rel_noise}")
-        rel = _float(raw.get("rel_noise"), "derivation.rel_noise")
-        if rel < 0:
-            raise FormatError("derivation.rel_noise must be >= 0")
-        return (
-            _int(raw.get("base_seed"), "derivation.base_seed"),
-            _int(raw.get("noise_seed"), "derivation.noise_seed"),
-            rel,
-        )
 
     def _parse_tensors(self, raw: Any) -> list[VirtualTensor]:
         if not isinstance(raw, list) or not raw:
@@ -206,7 +191,10 @@ class VirtualSafetensors(VirtualFile):
             std = _float(init.get("std", 0.02), f"{where}.init.std")
             if std < 0:
                 raise FormatError(f"{where}.init.std must be >= 0")
-            if dtype == "F16" and abs(mean) + _SIGMA_BOUND * std * (1 + self.rel_noise) > _F16_MAX:
+            if (
+                dtype == "F16"
+                and abs(mean) + _SIGMA_BOUND * std * (1 + self.value_source.rel_noise) > _F16_MAX
+            ):
                 raise FormatError(f"{where}: values would overflow F16")
             nbytes = n * DTYPE_SIZES[dtype]
             out.append(VirtualTensor(name, dtype, dims, mean, std, pos, nbytes))
@@ -221,14 +209,7 @@ class VirtualSafetensors(VirtualFile):
         stop = t.n_elements if stop is None else stop
         if not 0 <= start <= stop <= t.n_elements:
             raise FormatError(f"{name}: element range [{start}, {stop}) outside 0..{t.n_elements}")
-        if self.base_seed is not None and self.noise_seed is not None:
-            z = normal_values(self.base_seed, name, start, stop)
-            if self.rel_noise:
-                z = z + self.rel_noise * normal_values(self.noise_seed, name, start, stop)
-        else:
-            assert self.seed is not None
-            z = normal_values(self.seed, name, start, stop)
-        return t.mean + t.std * z
+        return t.mean + t.std * self.value_source.normals(name, start, stop)
 
     def tensor(self, name: str, *, rows: Sequence[int] | range | None = None) -> np.ndarray:
         """The stored values of a tensor (or of some rows of its first axis) as float32, reshaped.
@@ -238,7 +219,7 @@ class VirtualSafetensors(VirtualFile):
         t = self._tensor(name)
         if rows is None:
             data = self.read(t.offset, t.offset + t.nbytes)
-            return _from_dtype_bytes(data, t.dtype).reshape(t.shape)
+            return from_dtype_bytes(data, t.dtype).reshape(t.shape)
         if not t.shape:
             raise FormatError(f"{name} is a scalar; it has no rows")
         row_elems = math.prod(t.shape[1:])
@@ -248,7 +229,7 @@ class VirtualSafetensors(VirtualFile):
             if not 0 <= r < t.shape[0]:
                 raise FormatError(f"{name}: row {r} outside 0..{t.shape[0] - 1}")
             parts.append(self.read(t.offset + r * row_bytes, t.offset + (r + 1) * row_bytes))
-        flat = _from_dtype_bytes(b"".join(parts), t.dtype)
+        flat = from_dtype_bytes(b"".join(parts), t.dtype)
         return flat.reshape((len(parts), *t.shape[1:]))
 
     def tensor_info(self, name: str) -> VirtualTensor:
@@ -277,7 +258,7 @@ class VirtualSafetensors(VirtualFile):
                 stop = min(end, t_end)
                 lo, hi = pos - t.offset, stop - t.offset
                 first, last = lo // t.itemsize, -(-hi // t.itemsize)
-                data = _to_dtype_bytes(self.values(t.name, first, last), t.dtype)
+                data = to_dtype_bytes(self.values(t.name, first, last), t.dtype)
                 skip = lo - first * t.itemsize
                 out += data[skip : skip + (hi - lo)]
                 pos = stop
