@@ -169,18 +169,21 @@ def _suspect_ids(
 
 
 def _unit_source(view: ModelView, layer: int) -> tuple[str, str]:
-    """``(kind, canonical key)`` of the cheapest contiguous unit vectors in a layer."""
-    up = view.tensors.get(f"layers.{layer}.mlp.up")
-    down = view.tensors.get(f"layers.{layer}.mlp.down")
-    gate = view.tensors.get(f"layers.{layer}.mlp.gate")
-    if up is not None and up.rows_contiguous:
-        return "up", up.key
-    if down is not None and down.cols_contiguous:
-        return "down", down.key
-    if gate is not None and gate.rows_contiguous:
-        return "gate", gate.key
-    if up is not None:
-        return "up", up.key
+    """``(kind, canonical key)`` of the cheapest contiguous unit vectors in a layer.
+
+    Tensors are looked at in order of preference and only as far as needed: looking at one parses the
+    header of the shard holding it, so ``down`` and ``gate`` are not touched when ``up`` will do.
+    """
+    t = view.tensors
+    up, down, gate = (f"layers.{layer}.mlp.{k}" for k in ("up", "down", "gate"))
+    if up in t and t[up].rows_contiguous:
+        return "up", up
+    if down in t and t[down].cols_contiguous:
+        return "down", down
+    if gate in t and t[gate].rows_contiguous:
+        return "gate", gate
+    if up in t:
+        return "up", up
     raise UnsupportedFormat(f"layer {layer}: no MLP tensor found")
 
 
@@ -219,9 +222,12 @@ def read_sample(
     if len(ids):
         plan.append(("embed", ids[order].tolist(), None))
     picks: list[tuple[int, str, int, bool]] = []  # (layer, kind, start, has_gain)
-    for layer in choose_layers(
+    sampled_layers = choose_layers(
         secret, suspect_key=suspect_key, n_layers=view.arch.n_layers, k=settings.layers
-    ):
+    )
+    # One round trip for the shard headers of every sampled layer, instead of one per shard.
+    view.prepare([f"layers.{i}.{k}" for i in sampled_layers for k in ("mlp.up", "mlp_norm")])
+    for layer in sampled_layers:
         kind, key = _unit_source(view, layer)
         info = view.tensors[key]
         n_units = info.shape[1] if kind == "down" else info.shape[0]

@@ -234,6 +234,13 @@ def scan_snapshot(ctx: PipelineContext, hub: HubSource, snap: RepoSnapshot) -> S
             suspect_key=f"{snap.hub}/{snap.repo_id}@{snap.commit}",
             settings=ctx.settings,
         )
+        unlisted = getattr(getattr(view, "files", None), "unlisted", None)
+        if unlisted:
+            # Tensors hidden from the index are ignored by loaders that trust it; say so, they may matter.
+            notes.append(
+                f"{len(unlisted)} tensor(s) in the read shards are not listed in the index: "
+                + ", ".join(sorted(unlisted)[:5])
+            )
         for lr in _rank(candidates, sample.tokens, sample.embed, ctx.max_candidates):
             c = compare(lr.ref, sample, ctx.policy)
             findings.append(
