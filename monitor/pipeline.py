@@ -234,7 +234,7 @@ def scan_snapshot(ctx: PipelineContext, hub: HubSource, snap: RepoSnapshot) -> S
             suspect_key=f"{snap.hub}/{snap.repo_id}@{snap.commit}",
             settings=ctx.settings,
         )
-        unlisted = getattr(getattr(view, "files", None), "unlisted", None)
+        unlisted = view.files.unlisted
         if unlisted:
             # Tensors hidden from the index are ignored by loaders that trust it; say so, they may matter.
             notes.append(
