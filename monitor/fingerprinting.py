@@ -187,6 +187,27 @@ def _unit_source(view: ModelView, layer: int) -> tuple[str, str]:
     raise UnsupportedFormat(f"layer {layer}: no MLP tensor found")
 
 
+def _same_shard_pairs(view: ModelView, layers: list[int]) -> list[int]:
+    """Shift a consecutive pair ``(a, a+1)`` to ``(a-1, a)`` when only the latter shares one weight shard.
+
+    `choose_layers` samples pairs of consecutive layers so that a pair costs one shard header; a pair
+    straddling a shard boundary costs two. Which layers are tested does not affect the tests' validity.
+    """
+    out = list(layers)
+    for i in range(len(out) - 1):
+        a, b = out[i], out[i + 1]
+        if b != a + 1 or a == 0 or (a - 1) in out:
+            continue
+        here = view.files_of(f"layers.{a}.mlp.up")
+        if (
+            here
+            and here != view.files_of(f"layers.{b}.mlp.up")
+            and here == view.files_of(f"layers.{a - 1}.mlp.up")
+        ):
+            out[i], out[i + 1] = a - 1, a
+    return out
+
+
 def read_sample(
     view: ModelView,
     *,

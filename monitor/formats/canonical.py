@@ -213,6 +213,11 @@ class ModelView:
         yet (concurrently). Use ``files.parsed`` to see what has been read."""
         return list(self.files.files(self.files.paths))
 
+    def files_of(self, key: str) -> tuple[str, ...]:
+        """Weight files holding canonical ``key``, known without reading any header (from the shard index
+        or the file list); empty for unknown keys. Lets a sampler keep its reads in few shards."""
+        return self._catalog.files_of(key)
+
     def prepare(self, keys: Sequence[str]) -> None:
         """Read, concurrently, the shard headers that canonical ``keys`` need and not read yet.
 

@@ -200,6 +200,14 @@ class TensorCatalog:
                 return
             self._build(todo, map_each=True)
 
+    def files_of(self, key: str) -> tuple[str, ...]:
+        """The weight files holding canonical ``key``'s stored tensors, from names alone (no header read)."""
+        name = self._source.get(key)
+        if name is None:
+            return ()
+        names = self.files.names
+        return tuple(dict.fromkeys(names[s] for s in self.groups[name].stored if s in names))
+
     def resolve_keys(self, keys: Iterable[str]) -> None:
         """`resolve` the logical tensors behind canonical ``keys`` (unknown keys are ignored)."""
         self.resolve(self._source[k] for k in keys if k in self._source)
