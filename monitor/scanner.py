@@ -244,7 +244,9 @@ def poll_pass(
     except Exception as exc:  # any listing failure: keep what was enqueued, record it, leave the cursor
         report.error = f"{type(exc).__name__}: {exc}"
         message = f"listing {sort} failed: {report.error}"
-        log.error(
+        log.log(
+            # the request budget (ours, or the hub's 429) binding is expected and bounded, not an error
+            logging.WARNING if isinstance(exc, RateLimited) else logging.ERROR,
             "%s: %s; the cursor stays, the next cycle walks this range again",
             hub.name,
             message,

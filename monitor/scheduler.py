@@ -9,6 +9,12 @@ would add nothing but pickling and lock contention. Jobs:
 * ``drain``: processes due work items (`monitor.worker.Worker.drain`);
 * ``deliver``: delivers the alert outbox (`monitor.alerts.delivery.deliver_due`, when installed).
 
+The drain and deliver intervals (30 s, 15 s) are only a safety net: each run of those jobs ends by moving
+its own next run forward to the moment its earliest waiting work becomes due (`Services.run_at`) — a failed
+item's retry, a lease that expires, a Slack ``Retry-After`` — never sooner than `MIN_RERUN_S` after now and
+only when that work is in the future or the run made progress, so a job can never spin on work it cannot
+do. A poll that enqueued wakes the drain, a drain that created alerts wakes the delivery.
+
 Job defaults: ``coalesce=True`` (a backlog of missed runs collapses into one), ``max_instances=1``,
 ``misfire_grace_time`` = the poll interval (APScheduler's 1 s default is its most-reported pitfall).
 A listener counts ``EVENT_JOB_ERROR`` / ``MISSED`` / ``MAX_INSTANCES`` branching on ``event.code``
@@ -43,12 +49,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from monitor.config import Config, HubConfig, RuntimeEnv
-from monitor.errors import ConfigError
+from monitor.errors import ConfigError, StoreError
 from monitor.executor import ExecutorHandle, LazyProcessor, build_executor
 from monitor.hubs.base import HubSource
 from monitor.scanner import PassReport, ScanPolicy, poll_hub
 from monitor.secrets import resolve_secret
-from monitor.store import Store
+from monitor.store import Store, from_iso
 from monitor.worker import DrainReport, Processor, RetryPolicy, Worker
 
 __all__ = [
@@ -77,6 +83,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PROCESSOR = "monitor.scheduler:pipeline_processor"
 DRAIN_INTERVAL_S = 30.0
 DELIVER_INTERVAL_S = 15.0
+MIN_RERUN_S = 1.0
+"""A job brought forward to its next due work never runs sooner than this after now (no busy loop)."""
 HEARTBEAT_S = 5.0
 EVENT_MASK = EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES
 
@@ -123,9 +131,15 @@ def load_processor_factory(spec: str) -> ProcessorFactory:
 
 
 def build_hub(hub: HubConfig, *, stop: threading.Event | None = None) -> HubSource:
-    """The client for one ``[[hubs]]`` entry, with its own rate limiter and the token it names."""
+    """The client for one ``[[hubs]]`` entry, with its own rate limiter and the token it names.
+
+    The limiter shares its request history through ``rate_state_file`` (when set), so every process built
+    from this config on this host — the daemon across restarts, ``hubsentry scan``, Dask workers — stays
+    inside the one configured ceiling. Close the client (`Services.close`) to hand its share back.
+    """
     from monitor.hubs.huggingface import HuggingFaceSource
     from monitor.hubs.ratelimit import HubRateLimiter
+    from monitor.hubs.ratestate import RateStateFile
     from monitor.remote.transport import DEFAULT_HTTP
 
     token = resolve_secret(hub.token)
@@ -135,6 +149,7 @@ def build_hub(hub: HubConfig, *, stop: threading.Event | None = None) -> HubSour
         resolvers=hub.resolver_requests_per_window,
         window_s=hub.rate_window_s,
         name=hub.name,
+        state=RateStateFile(hub.rate_state_file) if hub.rate_state_file is not None else None,
     )
     return HuggingFaceSource(
         hub.name,
@@ -147,6 +162,7 @@ def build_hub(hub: HubConfig, *, stop: threading.Event | None = None) -> HubSour
             read_timeout_s=hub.timeout_s,
         ),
         api_timeout_s=hub.timeout_s,
+        allowed_storage_hosts=hub.allowed_storage_hosts,
         stop=stop,
     )
 
@@ -169,34 +185,63 @@ class Services:
     sinks: dict[str, Any] = field(default_factory=dict)
     metrics: Any = None
     health: Any = None
-    wake: Callable[[str], None] | None = None
-    """Run a job now (set by `build_scheduler`): a poll that enqueued wakes ``drain``, a drain that
-    created alerts wakes ``deliver``, so an alert leaves seconds after detection."""
+    wake: Callable[[str, datetime], None] | None = None
+    """Bring a job's next run forward to a moment (set by `build_scheduler`; never pushes it back)."""
 
     def wake_job(self, job_id: str) -> None:
-        """Ask the scheduler to run ``job_id`` now, without ever blocking the calling job.
+        """Run ``job_id`` now: a poll that enqueued wakes ``drain``, a drain that created alerts wakes
+        ``deliver``, so an alert leaves seconds after detection. Never blocks the calling job."""
+        self._bring_forward(job_id, datetime.now(UTC))
+
+    def run_at(self, job_id: str, when: datetime | None, *, progressed: bool) -> datetime | None:
+        """Bring ``job_id``'s next run forward to ``when``, its earliest waiting work, if that is sooner than
+        its interval; returns the moment asked for (None: nothing changed).
+
+        Never sooner than `MIN_RERUN_S` from now; and work that is already due after a run that made no
+        progress (``progressed=False``: a claim or send it could not do) waits for the interval, so a job
+        cannot spin on it.
+        """
+        if when is None:
+            return None
+        now = datetime.now(UTC)
+        if when <= now and not progressed:
+            return None
+        when = max(when, now + timedelta(seconds=MIN_RERUN_S))
+        self._bring_forward(job_id, when)
+        return when
+
+    def _bring_forward(self, job_id: str, when: datetime) -> None:
+        """Ask the scheduler, without ever blocking the calling job.
 
         ``scheduler.shutdown(wait=True)`` holds the scheduler's job-store lock while it waits for running
         jobs; a job calling ``modify_job`` then would wait for that lock forever and the stop would hang.
-        So nothing is woken once the daemon is stopping, and the request runs on a short-lived daemon
+        So nothing is changed once the daemon is stopping, and the request runs on a short-lived daemon
         thread, which at worst waits for the shutdown to finish.
         """
         if self.wake is None or self.stop.is_set():
             return
         threading.Thread(
-            target=self._wake, args=(job_id,), name=f"hubsentry-wake-{job_id}", daemon=True
+            target=self._apply, args=(job_id, when), name=f"hubsentry-wake-{job_id}", daemon=True
         ).start()
 
-    def _wake(self, job_id: str) -> None:
+    def _apply(self, job_id: str, when: datetime) -> None:
         assert self.wake is not None
         try:
-            self.wake(job_id)
+            self.wake(job_id, when)
         except Exception as exc:  # the job may be gone during shutdown; its interval still runs it
-            log.debug("waking %s failed: %s", job_id, exc)
+            log.debug("rescheduling %s failed: %s", job_id, exc)
 
     def close(self) -> None:
-        """Stop the executor (waits for running scans), then the store (finishes queued writes)."""
+        """Stop the executor (waits for running scans), the hub clients (their rate-limit state is saved,
+        see `monitor.hubs.ratestate`), then the store (finishes queued writes)."""
         self.executor.close()
+        for hub in self.hubs.values():
+            close = getattr(hub, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:  # one hub's failure must not keep the store from closing
+                    log.exception("closing hub %s failed", getattr(hub, "name", "?"))
         self.store.close()
 
 
@@ -314,22 +359,35 @@ def poll_job(services: Services, hub_name: str) -> list[PassReport]:
 
 
 def drain_job(services: Services) -> DrainReport:
-    """Process every due work item (stops between items when the daemon stops)."""
+    """Process every due work item (stops between items when the daemon stops), then run again when the
+    next item becomes claimable (a retry, an expiring lease) if that is before the next interval."""
     report = services.worker.drain(stop=services.stop)
     if report.new_alerts and services.sinks:
         services.wake_job("deliver")
+    if not services.stop.is_set():
+        try:
+            due = services.worker.next_due()
+        except StoreError as exc:  # the interval still runs the drain
+            log.warning("cannot read when the next work item is due: %s", exc)
+            due = None
+        services.run_at("drain", due, progressed=report.claimed > 0)
     return report
 
 
 def deliver_job(services: Services) -> Any:
-    """Deliver due outbox rows through the configured sinks (no-op without delivery or sinks)."""
+    """Deliver due outbox rows through the configured sinks (no-op without delivery or sinks), then run
+    again when the earliest blocked row may be retried (e.g. after Slack's ``Retry-After``)."""
     if not services.sinks:
         return None
     try:
         from monitor.alerts.delivery import deliver_due
     except ImportError:
         return None
-    return deliver_due(services.store, services.sinks, services.stop, metrics=services.metrics)
+    report = deliver_due(services.store, services.sinks, services.stop, metrics=services.metrics)
+    due = getattr(report, "next_attempt_at", None)
+    if due is not None and not services.stop.is_set():
+        services.run_at("deliver", from_iso(due), progressed=report.anything)
+    return report
 
 
 # ---------------------------------------------------------------------------------------------- one cycle
@@ -486,7 +544,15 @@ def build_scheduler(services: Services, *, now: datetime | None = None) -> Backg
             replace_existing=True,
         )
     scheduler.add_listener(_listener(services.metrics), EVENT_MASK)
-    services.wake = lambda job_id: scheduler.modify_job(job_id, next_run_time=datetime.now(UTC))
+    lock = threading.Lock()
+
+    def bring_forward(job_id: str, when: datetime) -> None:
+        with lock:  # read-compare-write of the next run time, so a later request never undoes a sooner one
+            job = scheduler.get_job(job_id)
+            if job is not None and job.next_run_time is not None and when < job.next_run_time:
+                scheduler.modify_job(job_id, next_run_time=when)
+
+    services.wake = bring_forward
     return scheduler
 
 

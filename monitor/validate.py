@@ -8,14 +8,23 @@ configuration error (`ConfigError`), a hostile hub answer (`HubError`) or an ite
 
 Redirect rules: credentials only ever go to the configured hub endpoint; storage hosts are only
 reached through a redirect the hub itself issued; only ``http``/``https`` are followed, never a
-downgrade from ``https`` to ``http``; an optional allow-list restricts storage hosts.
+downgrade from ``https`` to ``http``; an optional allow-list restricts storage hosts. Without an
+allow-list, a cross-origin redirect is refused unless *every* address its host resolves to is a public
+one: no private (RFC 1918, unique-local), link-local (cloud metadata endpoints), loopback (unless the hub
+itself is on loopback, as a local test hub is), CGNAT, multicast, reserved or unspecified address — so a
+compromised or hostile hub cannot make the daemon fetch from inside its network, not even through a DNS
+name. The HTTP client checks the address it actually connected to as well (`address_refusal`), which
+closes the gap of a DNS answer that changes between the check and the connection.
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import httpx2
 from huggingface_hub.errors import HFValidationError
@@ -25,10 +34,13 @@ __all__ = [
     "MAX_PATH_LENGTH",
     "MAX_REVISION_LENGTH",
     "RedirectPolicy",
+    "Resolver",
+    "address_refusal",
     "is_commit",
     "normalize_endpoint",
     "origin_of",
     "redact_url",
+    "resolve_host",
     "validate_commit",
     "validate_model_repo_id",
     "validate_repo_path",
@@ -182,6 +194,55 @@ def origin_of(url: str | httpx2.URL) -> tuple[str, str, int]:
     return (parsed.scheme, parsed.host.lower(), port)
 
 
+Resolver = Callable[[str, int], Sequence[str]]
+"""``resolve(host, port) -> addresses``: how a host name becomes IP addresses (tests inject one)."""
+
+
+def resolve_host(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to (``getaddrinfo``, TCP), in resolver order; an IP literal is itself.
+
+    Raises:
+        `ValueError`: the name does not resolve (the message names it).
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise ValueError(f"cannot resolve storage host {host!r}: {exc}") from None
+    addresses: list[str] = []
+    for info in infos:
+        address = str(info[4][0])
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise ValueError(f"cannot resolve storage host {host!r}: no addresses")
+    return addresses
+
+
+def address_refusal(address: str, *, loopback_ok: bool) -> str | None:
+    """Why a storage request must not go to ``address`` (None: it is a public address, or loopback while
+    ``loopback_ok``). IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
+    """
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
+    except ValueError:
+        return f"{address!r} is not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return None if loopback_ok else "a loopback address (the hub is not on loopback)"
+    if ip.is_link_local:
+        return "a link-local address (cloud metadata endpoints live there)"
+    if ip.is_unspecified:
+        return "the unspecified address"
+    if ip.is_multicast:
+        return "a multicast address"
+    if ip.is_private:
+        return "a private address (RFC 1918 / unique-local / reserved for special use)"
+    if not ip.is_global:
+        return "not a public address"
+    return None
+
+
 @dataclass(frozen=True)
 class RedirectPolicy:
     """Decides whether a ``Location`` the hub sent may be followed, and with which credentials.
@@ -189,15 +250,19 @@ class RedirectPolicy:
     Attributes:
         endpoint (`str`): the configured hub endpoint; the only origin that ever sees the token.
         allowed_storage_hosts (`tuple[str, ...] | None`): if set, cross-origin redirects may only
-            go to these hosts; an entry starting with ``.`` matches any subdomain (``.hf.co``).
-            ``None`` allows any host (the hub decides where its storage lives).
+            go to these hosts; an entry starting with ``.`` matches any subdomain (``.hf.co``). The
+            operator vouches for these hosts, so their addresses are not checked (an on-premises
+            mirror may keep its storage on a private network). ``None``: any host whose addresses are
+            all public (see the module docstring).
         allow_downgrade (`bool`): follow an ``https`` → ``http`` redirect (off by default; only a
             plain-http test hub needs it, and then both sides are http anyway).
+        resolve (`Resolver`): host name → addresses (default: the system resolver).
     """
 
     endpoint: str
     allowed_storage_hosts: tuple[str, ...] | None = None
     allow_downgrade: bool = False
+    resolve: Resolver = field(default=resolve_host, compare=False, repr=False)
 
     @classmethod
     def for_endpoint(
@@ -206,12 +271,31 @@ class RedirectPolicy:
         *,
         allowed_storage_hosts: Iterable[str] | None = None,
         allow_downgrade: bool = False,
+        resolve: Resolver = resolve_host,
     ) -> RedirectPolicy:
         """Build a policy with a normalised endpoint and a lower-cased allow-list."""
         hosts = None
         if allowed_storage_hosts is not None:
             hosts = tuple(h.strip().lower() for h in allowed_storage_hosts if h.strip())
-        return cls(normalize_endpoint(endpoint), hosts, allow_downgrade)
+        return cls(normalize_endpoint(endpoint), hosts, allow_downgrade, resolve)
+
+    @functools.cached_property
+    def hub_on_loopback(self) -> bool:
+        """Whether every address of the hub's host is loopback (a local hub may use loopback storage)."""
+        url = httpx2.URL(self.endpoint)
+        try:
+            addresses = self.resolve(url.host, origin_of(url)[2])
+        except ValueError:
+            return False
+        return bool(addresses) and all(_is_loopback(a) for a in addresses)
+
+    def vouched(self, host: str) -> bool:
+        """True if ``host`` is on the operator's allow-list (its addresses are not checked)."""
+        return self.allowed_storage_hosts is not None and _host_allowed(host, self.allowed_storage_hosts)
+
+    def refusal(self, address: str) -> str | None:
+        """Why a storage connection to ``address`` must not be made (None: allowed); see `address_refusal`."""
+        return address_refusal(address, loopback_ok=self.hub_on_loopback)
 
     def is_hub(self, url: str | httpx2.URL) -> bool:
         """True if ``url`` is on the hub's origin (credentials may be sent)."""
@@ -222,7 +306,8 @@ class RedirectPolicy:
 
         Raises:
             `ValueError`: an unsupported scheme, a downgrade, credentials in the URL, control
-                characters, or a cross-origin host outside the allow-list.
+                characters, a cross-origin host outside the allow-list, or (without an allow-list) one
+                that does not resolve or resolves to any non-public address.
         """
         if not location or _CONTROL_RE.search(location):
             raise ValueError(f"redirect Location {location!r} is empty or contains control characters")
@@ -241,14 +326,31 @@ class RedirectPolicy:
             raise ValueError(f"redirect to {redact_url(target)} refused: downgrade from https to http")
         if self.is_hub(target):
             return target
-        if self.allowed_storage_hosts is not None and not _host_allowed(
-            target.host, self.allowed_storage_hosts
-        ):
-            raise ValueError(
-                f"redirect to host {target.host!r} refused: not in the allowed storage hosts "
-                f"{list(self.allowed_storage_hosts)}"
-            )
+        if self.allowed_storage_hosts is not None:
+            if not _host_allowed(target.host, self.allowed_storage_hosts):
+                raise ValueError(
+                    f"redirect to host {target.host!r} refused: not in the allowed storage hosts "
+                    f"{list(self.allowed_storage_hosts)}"
+                )
+            return target
+        for address in self.resolve(target.host, origin_of(target)[2]):
+            why = self.refusal(address)
+            if why is not None:
+                raise ValueError(
+                    f"redirect to host {target.host!r} refused: it resolves to {address}, {why}; "
+                    "list the host in [[hubs]] allowed_storage_hosts if this storage is trusted"
+                )
         return target
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:

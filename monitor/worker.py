@@ -6,53 +6,34 @@ store's single writer. It keeps at most ``max_in_flight`` items out, renews thei
 run, and abandons a scan that exceeds ``item_timeout_s`` (the item is retried; a thread cannot be
 killed, so the stale result is ignored when it arrives).
 
-Errors are classified by class, never by message (`classify`):
-
-=============================================  =========================================================
-``RateLimited``                                retry after ``max(backoff, retry_after)``; attempt not
-                                               counted; the hub is paused for ``retry_after``
-``TransientHubError``, other ``HubError``      retry with bounded exponential backoff and jitter
-``StoreError``                                 retry; attempt not counted (not the item's fault)
-``NotFound``                                   done, with a note: the repo or commit is gone
-``CommitMoved``                                done, and the new head commit is enqueued
-``GatedRepo``, ``FormatError``,                done, with a clear note (retrying cannot help; no retry
-``BudgetExceeded``                             storm)
-anything else                                  retry with backoff; after ``max_attempts``: ``dead``
-=============================================  =========================================================
+Errors are classified by class, never by message (`monitor.failures.classify`: retried with backoff,
+retried without counting the attempt, or done with a note).
 
 A failure is logged with the repo, the commit, the attempt and the reason, and the drain goes on with
 the other items.
+
+Crash recovery: every drain first reclaims the leases of owners on this host whose process is gone
+(`monitor.owners.owner_is_dead`), so a daemon restarted after a ``kill -9`` rescans the interrupted items at
+once instead of waiting up to ``queue.lease`` for their leases to expire. `Worker.next_due` tells the
+scheduler when the next item becomes claimable, so a retry due in a second runs in a second.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Executor, Future, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
 
-from monitor.config import QueueConfig
-from monitor.errors import (
-    BudgetExceeded,
-    CommitMoved,
-    FormatError,
-    GatedRepo,
-    HubError,
-    NotFound,
-    RateLimited,
-    StoreError,
-    TransientHubError,
-)
+from monitor.errors import HubError, StoreError
+from monitor.failures import Disposition, RetryPolicy, classify
 from monitor.findings import ScanOutcome
 from monitor.hubs.base import HubSource
+from monitor.owners import owner_is_dead, process_owner
 from monitor.store import (
     LeaseLostError,
     NewItem,
@@ -61,6 +42,8 @@ from monitor.store import (
     claim_due,
     enqueue,
     fail,
+    next_due_by_hub,
+    reclaim_orphaned,
     record_outcome,
     release,
     renew_leases,
@@ -79,79 +62,6 @@ STOP_GRACE_S = 20.0
 RECLAIM_S = 2.0
 """While scans run, look for newly due items at most this often (after a claim came back short)."""
 _POLL_S = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Bounded exponential backoff with jitter.
-
-    The n-th failed attempt waits ``d/2 + uniform(0, d/2)`` with ``d = min(max, base * 2**(n-1))``:
-    growing waits so a sick hub is not hammered, jitter so items failed together do not retry together.
-    """
-
-    max_attempts: int
-    backoff_base_s: float
-    backoff_max_s: float
-
-    @classmethod
-    def from_config(cls, queue: QueueConfig) -> RetryPolicy:
-        return cls(queue.max_attempts, queue.backoff_base_s, queue.backoff_max_s)
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** max(0, min(attempt - 1, 40)))
-        return ceiling / 2 + rng.uniform(0, ceiling / 2)
-
-
-@dataclass(frozen=True, slots=True)
-class Disposition:
-    """What to do with an item whose scan raised.
-
-    Attributes:
-        action (`str`): ``retry`` (failed, or dead after max attempts) or ``done`` (with ``note``).
-        note (`str`): the reason, stored in the item (``last_error``) and logged.
-        refund (`bool`): do not count the attempt (not the item's fault).
-        wait_s (`float`): minimum wait before the retry (a hub's Retry-After).
-        pause_hub_s (`float`): stop claiming items of this hub for that long.
-        enqueue_head (`bool`): look up the repo's new head commit and enqueue it.
-    """
-
-    action: Literal["retry", "done"]
-    note: str
-    refund: bool = False
-    wait_s: float = 0.0
-    pause_hub_s: float = 0.0
-    enqueue_head: bool = False
-
-
-def classify(exc: BaseException) -> Disposition:
-    """Map a scan failure to a `Disposition` by exception class (see the module table)."""
-    reason = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, RateLimited):
-        return Disposition(
-            "retry", reason, refund=True, wait_s=exc.retry_after_s, pause_hub_s=exc.retry_after_s
-        )
-    if isinstance(exc, TransientHubError):
-        return Disposition("retry", reason)
-    if isinstance(exc, StoreError):
-        return Disposition("retry", reason, refund=True)
-    if isinstance(exc, NotFound):
-        return Disposition(
-            "done", f"repo or commit no longer exists on the hub (deleted or rewritten): {exc}"
-        )
-    if isinstance(exc, CommitMoved):
-        return Disposition(
-            "done", f"the repo moved to a new commit while it was read: {exc}", enqueue_head=True
-        )
-    if isinstance(exc, GatedRepo):
-        return Disposition("done", f"gated or private repo, weights not readable: {exc}")
-    if isinstance(exc, FormatError):
-        return Disposition("done", f"weights not readable ({type(exc).__name__}): {exc}")
-    if isinstance(exc, BudgetExceeded):
-        return Disposition("done", f"per-repo byte budget exceeded: {exc}")
-    if isinstance(exc, HubError):
-        return Disposition("retry", reason)
-    return Disposition("retry", reason)
 
 
 @dataclass(slots=True)
@@ -189,8 +99,9 @@ class _Running:
 
 
 def default_owner() -> str:
-    """Lease owner id: ``host:pid:random`` (unique per worker instance, readable in ``queue list``)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    """Lease owner id: ``host:pid:random`` (unique per worker instance, readable in ``queue list``; its
+    format is what `monitor.owners.owner_is_dead` checks after a crash)."""
+    return process_owner()
 
 
 class Worker:
@@ -257,6 +168,8 @@ class Worker:
         are ignored). Returns a `DrainReport`.
         """
         report = DrainReport()
+        if stop is None or not stop.is_set():
+            self.reclaim_orphans()
         running: dict[Future[ScanOutcome], _Running] = {}
         last_renew = time.monotonic()
         stopping_since: float | None = None
@@ -298,6 +211,55 @@ class Worker:
                 len(report.new_alerts),
             )
         return report
+
+    def reclaim_orphans(self) -> int:
+        """Make the items held by dead processes on this host claimable now; returns how many.
+
+        A lease owner is only judged dead when that is certain (`monitor.owners.owner_is_dead`); anything
+        else keeps waiting for its lease, as before. Never raises: a store error is logged and retried at
+        the next drain.
+        """
+        now = self.clock()
+        try:
+            reclaimed = self.store.write(
+                lambda db: reclaim_orphaned(
+                    db, is_dead=lambda owner, since: owner_is_dead(owner, held_since=since), now=now
+                )
+            )
+        except StoreError as exc:
+            log.error("reclaiming the leases of dead processes failed: %s", exc)
+            return 0
+        for owner, ids in reclaimed.items():
+            log.warning(
+                "%d item(s) were held by %s, which is no longer running (killed?): scanning them again now "
+                "instead of after their lease (ids %s)",
+                len(ids),
+                owner,
+                ", ".join(map(str, ids[:20])) + (" ..." if len(ids) > 20 else ""),
+            )
+        return sum(len(ids) for ids in reclaimed.values())
+
+    def next_due(self) -> datetime | None:
+        """When the next item becomes claimable by this worker (None: nothing is waiting).
+
+        The earliest retry time or lease expiry per hub, but not before the end of a pause this worker
+        keeps for a rate-limited hub, so a scheduler that follows it never spins on items it may not claim.
+
+        Raises:
+            `StoreError`: the database could not be read.
+        """
+        with self.store.read() as db:
+            due_by_hub = next_due_by_hub(db)
+        if not due_by_hub:
+            return None
+        now, now_mono = self.clock(), time.monotonic()
+        dues = []
+        for hub, due in due_by_hub.items():
+            paused_until = self._paused.get(hub, 0.0)
+            if paused_until > now_mono:
+                due = max(due, now + timedelta(seconds=paused_until - now_mono))
+            dues.append(due)
+        return min(dues)
 
     def _fill(
         self, running: dict[Future[ScanOutcome], _Running], report: DrainReport, max_items: int | None

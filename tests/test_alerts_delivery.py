@@ -41,7 +41,7 @@ from monitor.findings import Finding, ScanOutcome
 from monitor.localslack import LocalSlack
 from monitor.metrics import Metrics
 from monitor.secrets import Secret
-from monitor.store.db import Store, from_iso
+from monitor.store.db import Store, from_iso, to_iso
 from monitor.store.queue import NewItem, claim_due, enqueue
 from monitor.store.results import record_outcome
 
@@ -182,7 +182,15 @@ def test_delivers_every_alert_to_every_sink_in_seq_order(store, sinks, slack, cl
     assert (
         report.as_json()
         == vars(report)
-        == {"delivered": 10, "recovered": 0, "retried": 0, "dead": 0, "blocked": {}, "skipped": False}
+        == {
+            "delivered": 10,
+            "recovered": 0,
+            "retried": 0,
+            "dead": 0,
+            "blocked": {},
+            "skipped": False,
+            "next_attempt_at": None,  # nothing left waiting
+        }
     )
     # Nothing left: a second run does nothing and sends nothing twice.
     assert not run(store, sinks, clock).anything
@@ -209,6 +217,67 @@ def test_429_retry_after_blocks_the_sink_then_delivers_once_in_order(store, sink
     run(store, sinks, clock)
     assert slack_keys(slack) == keys
     assert len(slack.requests("conversations.history")) == 0
+
+
+def test_the_report_says_when_the_earliest_blocked_row_may_go(store, sinks, slack, clock):
+    """The daemon runs the delivery again at `next_attempt_at`: a Retry-After of 1 s costs about 1 s."""
+    add_alerts(store, clock, 3, sinks=(SLACK,))
+    slack.rate_limit(1.0, burst=1)
+    report = run(store, {SLACK: sinks[SLACK]}, clock)
+    assert (report.delivered, report.retried) == (1, 1)  # the second post hit the channel's limit
+    head = rows(store)[1]
+    assert report.next_attempt_at == head["next_attempt_at"]
+    assert 1.0 <= (from_iso(report.next_attempt_at) - clock()).total_seconds() <= 1.1
+    clock.advance(1.1)
+    report = run(store, {SLACK: sinks[SLACK]}, clock)
+    assert report.delivered == 1
+    assert rows(store)[1]["state"] == "delivered"
+    clock.advance(1.1)
+    assert run(store, {SLACK: sinks[SLACK]}, clock).next_attempt_at is None  # the last one went out
+    assert len(slack.messages()) == 3
+    small = RetryPolicy(base_s=15, max_s=600, jitter=0.25, max_per_run=2)
+    add_alerts(store, clock, 3, sinks=(SLACK,))
+    slack.rate_limit(None)
+    capped = deliver_due(store, {SLACK: sinks[SLACK]}, threading.Event(), now=clock, policy=small)
+    assert capped.delivered == 2
+    assert capped.next_attempt_at == to_iso(clock())  # stopped at max_per_run: the rest is due now
+
+
+def test_backoff_follows_the_sinks_failure_streak_not_the_head_rows_history(store, sinks, slack, clock):
+    """Rate-limit answers are obeyed exactly and not counted; a crash-interrupted attempt is no failure; a
+    success ends the streak. Before, the head row's lifetime attempt count set the backoff: six 429s and two
+    crashes made the next 500 wait the 600 s maximum."""
+    add_alerts(store, clock, 2, sinks=(SLACK,))
+    sink = {SLACK: sinks[SLACK]}
+    slack.fail(status=429, retry_after=1, times=6)
+    for _ in range(6):
+        report = run(store, sink, clock)
+        assert report.retried == 1
+        clock.advance(1.2)
+    head = outbox.head_row(store, SLACK)
+    for _ in range(2):  # two daemons killed mid-send, before Slack answered
+        outbox.mark_sending(store, head["id"], at=clock())
+        clock.advance(DEFAULT_POLICY.base_s + 1)
+    slack.outage(until=clock.epoch() + 10_000)
+    run(store, sink, clock)  # lookup fails: the sink's first failure
+    row = rows(store)[0]
+    assert row["attempts"] == 9  # 6 rate-limited posts, 2 crashed sends, 1 lookup
+    assert 0.75 * 15 <= (from_iso(row["next_attempt_at"]) - clock()).total_seconds() <= 15
+    assert {s.sink: s for s in delivery_status(store)}[SLACK].consecutive_failures == 1
+    clock.advance(16)
+    run(store, sink, clock)  # second consecutive failure: 30 s
+    row = rows(store)[0]
+    assert 0.75 * 30 <= (from_iso(row["next_attempt_at"]) - clock()).total_seconds() <= 30
+    slack.end_outage()
+    clock.advance(31)
+    assert run(store, sink, clock).delivered == 2
+    assert {s.sink: s for s in delivery_status(store)}[SLACK].consecutive_failures == 0
+    # the next outage starts from the base delay again
+    add_alerts(store, clock, 1, sinks=(SLACK,))
+    slack.fail(status=503)
+    run(store, sink, clock)
+    row = rows(store)[-1]
+    assert 0.75 * 15 <= (from_iso(row["next_attempt_at"]) - clock()).total_seconds() <= 15
 
 
 def test_server_error_is_looked_up_before_the_resend(store, sinks, slack, clock):

@@ -27,6 +27,7 @@ from monitor.store import (
     enqueue,
     fail,
     record_outcome,
+    to_iso,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,9 +154,13 @@ def test_a_broken_database_exits_3(tmp_path: Path) -> None:
 
 def test_db_migrate(config_file: Path) -> None:
     listed = invoke("--config", str(config_file), "db", "migrate", "--list")
-    assert listed.stdout.splitlines() == ["m001_enable_wal  pending", "m002_core_tables  pending"]
+    assert listed.stdout.splitlines() == [
+        "m001_enable_wal  pending",
+        "m002_core_tables  pending",
+        "m003_sink_health  pending",
+    ]
     assert (
-        "applied: m001_enable_wal, m002_core_tables"
+        "applied: m001_enable_wal, m002_core_tables, m003_sink_health"
         in invoke("--config", str(config_file), "db", "migrate").stdout
     )
     assert "schema is current" in invoke("--config", str(config_file), "db", "migrate").stdout
@@ -261,6 +266,41 @@ def test_alerts_list_ack_resolve(tmp_path: Path, config_file: Path) -> None:
     unknown = invoke(*cfg, "alerts", "ack", "ffffffffff")
     assert unknown.exit_code == EXIT_PROBLEM
     assert "no alert with key" in unknown.stderr
+
+
+def test_alerts_requeue_dead(tmp_path: Path, config_file: Path) -> None:
+    """Dead letters go back to pending (all, one sink's, or one alert's by key prefix); nothing else moves."""
+    key = str(seeded(tmp_path)["alert_key"])
+    with Store(tmp_path / "h.db") as store:
+        store.write(
+            lambda db: db.execute(
+                "INSERT INTO outbox (alert_key, sink, state, attempts, next_attempt_at, last_error, "
+                "created_at) VALUES (?, 'slack:#model-ip', 'dead', 3, ?, 'token_revoked', ?)",
+                [key, to_iso(T0), to_iso(T0)],
+            )
+        )
+        store.write(lambda db: db.execute("UPDATE outbox SET state = 'dead' WHERE sink = 'log'"))
+    cfg = ["--config", str(config_file)]
+
+    def states() -> dict[str, str]:
+        with Store(tmp_path / "h.db") as store, store.read() as db:
+            return {r["sink"]: r["state"] for r in db.query("SELECT sink, state FROM outbox")}
+
+    none = invoke(*cfg, "alerts", "requeue-dead", "--sink", "webhook")
+    assert none.exit_code == EXIT_PROBLEM
+    assert "no dead letters matched (sink webhook)" in none.stderr
+    assert invoke(*cfg, "alerts", "requeue-dead", "--key", "ffffffffff").exit_code == EXIT_PROBLEM
+    one = invoke(*cfg, "alerts", "requeue-dead", "--sink", "log", "--key", key[:10])
+    assert one.exit_code == 0, one.output
+    assert f"requeued 1 dead letter(s) (sink log, alert {key})" in one.stdout
+    assert states() == {"log": "pending", "slack:#model-ip": "dead"}
+    rest = invoke(*cfg, "alerts", "requeue-dead")
+    assert "requeued 1 dead letter(s)" in rest.stdout
+    assert states() == {"log": "pending", "slack:#model-ip": "pending"}
+    with Store(tmp_path / "h.db") as store, store.read() as db:
+        (error,) = [r["last_error"] for r in db.query("SELECT last_error FROM outbox WHERE sink != 'log'")]
+    assert error.startswith("requeued at ")
+    assert error.endswith("token_revoked")
 
 
 def test_status_and_protect_list(tmp_path: Path, config_file: Path) -> None:

@@ -168,6 +168,29 @@ def test_render_round_trips_and_masks_secrets(tmp_path: Path) -> None:
     assert parse(rendered, base_dir=tmp_path, environ=env) == config
 
 
+def test_storage_hosts_and_the_shared_rate_state(tmp_path: Path) -> None:
+    """``allowed_storage_hosts`` (lower-cased, "." for subdomains) and ``rate_state_file`` (default next to
+    the database, per hub; "" keeps the history per process) parse, render and parse back unchanged."""
+    config = parse(
+        '[store]\npath = "data/h.db"\n[[hubs]]\nname = "hf"\n'
+        'allowed_storage_hosts = [".HF.co", "minio.internal"]\n'
+        '[[hubs]]\nname = "mirror"\nendpoint = "http://127.0.0.1:9"\nrate_state_file = ""\n',
+        base_dir=tmp_path,
+        environ={},
+    )
+    hf, mirror = config.hubs
+    assert hf.allowed_storage_hosts == (".hf.co", "minio.internal")
+    assert hf.rate_state_file == tmp_path / "data" / "h.db.ratelimit-hf.json"
+    assert (mirror.allowed_storage_hosts, mirror.rate_state_file) == (None, None)
+    assert parse("", base_dir=tmp_path, environ={}).hubs[0].rate_state_file == (
+        tmp_path / "hubsentry.db.ratelimit-huggingface.json"
+    )
+    rendered = render_config(config, environ={})
+    assert 'allowed_storage_hosts = [".hf.co", "minio.internal"]' in rendered
+    assert "# allowed_storage_hosts not set" in rendered
+    assert parse(rendered, base_dir=tmp_path, environ={}) == config
+
+
 def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
     conf_dir = tmp_path / "etc"
     conf_dir.mkdir()
@@ -203,6 +226,16 @@ BAD = [
     ('[[hubs]]\ntoken_env = "1bad"', 'hubs[0].token_env: expected an environment variable name, got "1bad"'),
     ("[[hubs]]\n[[hubs]]", "hubs[1].name: duplicate hub name 'huggingface'"),
     ('hubs = "x"', 'hubs: expected one or more [[hubs]] tables, got "x"'),
+    (
+        '[[hubs]]\nallowed_storage_hosts = "cdn-lfs.hf.co"',
+        'hubs[0].allowed_storage_hosts: expected a list of host names like ["cdn-lfs.hf.co", ".hf.co"], got',
+    ),
+    (
+        '[[hubs]]\nallowed_storage_hosts = ["https://cdn-lfs.hf.co/x"]',
+        "hubs[0].allowed_storage_hosts: expected a list of host names",
+    ),
+    ('[[hubs]]\nallowed_storage_hosts = ["cdn:443"]', "(no scheme, port or path)"),
+    ("[[hubs]]\nrate_state_file = 3", "hubs[0].rate_state_file: expected a string, got 3"),
     ("[[hubs]]\npoll_interval = '5m'\npoll_intervall = '5m'", "unknown key in [hubs[0]]: poll_intervall"),
     ("[store]\npaht = 'x'", "unknown key in [store]: paht"),
     ("colour = 1\nsize = 2", "unknown keys at the top level: colour, size"),

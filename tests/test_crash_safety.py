@@ -196,12 +196,14 @@ def write_config(
     workers: int = 2,
     hub_timeout: str = "5s",
     max_attempts: int = 6,
+    lease: str = "10s",
     extra_hub: str = "",
     extra: str = "",
     hf_token_line: str = 'token_env = "HF_TOKEN"',
     slack_token_line: str = 'token_env = "SLACK_BOT_TOKEN"',
 ) -> Path:
-    """A daemon config for tests: 1 s polls, 10 s leases (the minimum), short backoffs, loopback only."""
+    """A daemon config for tests: 1 s polls, 10 s leases (the minimum) unless ``lease`` says otherwise, short
+    backoffs, loopback only."""
     path.write_text(f"""\
 [store]
 path = "{db}"
@@ -238,7 +240,7 @@ listen = ""
 
 [queue]
 max_attempts = {max_attempts}
-lease = "10s"
+lease = "{lease}"
 backoff_base = "1s"
 backoff_max = "2s"
 
@@ -403,13 +405,6 @@ def leases_expire_at(db: Path) -> float:
     return moment.timestamp() if moment is not None else time.time()
 
 
-def wait_for_leases(db: Path) -> float:
-    """Sleep until the killed daemon's leases have expired (the only way a new owner may take them)."""
-    delay = max(0.0, leases_expire_at(db) - time.time()) + 0.3
-    time.sleep(delay)
-    return delay
-
-
 def slack_keys(slack: LocalSlack) -> list[str | None]:
     return [m.alert_key for m in slack.messages(CHANNEL)]
 
@@ -545,8 +540,10 @@ def test_kill_mid_listing_loses_no_repo(tmp_path: Path, template: Template) -> N
             assert daemon.stop() == 0
 
 
-def test_kill_mid_read_rescans_after_the_lease(tmp_path: Path, template: Template) -> None:
-    with scene(tmp_path, template) as s:
+def test_kill_mid_read_rescans_at_once_after_a_restart(tmp_path: Path, template: Template) -> None:
+    """The killed daemon's items hold 5-minute leases; the restarted daemon sees their owner is gone (same
+    host, no such process) and rescans them at once instead of after the lease."""
+    with scene(tmp_path, template, lease="5m") as s:
         held = s.hub.faults.add(
             FaultRule("GET", r"^/cdn/", FaultAction.delay(30), match_range=True, times=1, name="held-read")
         )
@@ -556,11 +553,14 @@ def test_kill_mid_read_rescans_after_the_lease(tmp_path: Path, template: Templat
             with read_db(s.db) as conn:
                 running_items = conn.execute("SELECT id FROM work_items WHERE state = 'running'").fetchall()
             assert running_items, "the killed scan must still hold its lease"
-            wait_for_leases(s.db)
+            assert leases_expire_at(s.db) - time.time() > 250
+            restarted = time.monotonic()
             daemon.start()
-            s.wait_idle(daemon)
+            s.wait_idle(daemon, timeout=90)
+            assert time.monotonic() - restarted < 120  # not the 300 s lease
             figures = check_exactly_once(s.db, s.hub, s.slack, s.expected)
             assert figures["attempts"] > figures["items"]  # the interrupted scans ran again
+            assert "which is no longer running (killed?)" in daemon.log()
             assert daemon.stop() == 0
 
 
@@ -580,7 +580,7 @@ def test_kill_while_many_items_commit(tmp_path: Path, template: Template) -> Non
             )
             daemon.kill()
             done_before = progress(s.db)["items"].get("done", 0)
-            wait_for_leases(s.db)
+            # restarted at once: the new daemon reclaims the killed one's leases itself
         assert done_before < len(uploads), "the kills must land before the work is finished"
         daemon.start()
         s.wait_idle(daemon)
@@ -604,7 +604,6 @@ def test_kill_after_slack_accepted_the_post_before_the_answer(tmp_path: Path, te
         with read_db(s.db) as conn:
             states = [r[0] for r in conn.execute("SELECT state FROM outbox WHERE sink LIKE 'slack:%'")]
         assert "sending" in states, "the interrupted row must be left 'sending'"
-        wait_for_leases(s.db)
         daemon.start()
         s.wait_idle(daemon)
         check_exactly_once(s.db, s.hub, s.slack, s.expected)
@@ -651,7 +650,6 @@ def test_restart_storm(tmp_path: Path, template: Template) -> None:
                 s.slack.end_outage()
             daemon.kill()
         s.slack.end_outage()
-        wait_for_leases(s.db)
         daemon.start()
         s.wait_idle(daemon, timeout=120)
         check_exactly_once(s.db, s.hub, s.slack, s.expected)

@@ -136,10 +136,11 @@ def budget_used(hub: LocalHub) -> dict[str, int]:
     return counts
 
 
-def items(db: Path) -> dict[str, dict[str, Any]]:
+def items(db: Path, *, first: bool = False) -> dict[str, dict[str, Any]]:
+    """Work items by repo: the latest per repo, or with ``first`` the earliest."""
     with read_db(db) as conn:
         conn.row_factory = _dict_row
-        rows = conn.execute("SELECT * FROM work_items ORDER BY id").fetchall()
+        rows = conn.execute(f"SELECT * FROM work_items ORDER BY id {'DESC' if first else ''}").fetchall()
     return {row["repo_id"]: row for row in rows}
 
 
@@ -170,7 +171,7 @@ HEALTHY = {"ok/indie-1": "independent", "ok/indie-2": "independent", "thief/guar
 TRANSIENT = ("fault/five-hundred", "fault/reset", "fault/timeout", "fault/truncated", "fault/content-range")
 NOTED = {
     "gone/deleted": "no longer exists",
-    "moved/rewritten": "no longer exists",
+    "moved/rewritten": "moved to a new commit",  # the pinned commit is gone, the repo is not
     "broken/header": "weights not readable",
     "broken/shard": "not in the repo",
 }
@@ -260,7 +261,7 @@ def test_one_hub_every_fault(
             for changer in changers:
                 changer.join(timeout=60)
             assert not first.ok  # something failed and is retried
-            state = items(db)
+            state = items(db, first=True)  # the commit each repo was listed at (not a head it moved to)
             for repo in (*HEALTHY, "limited/repo"):
                 assert state[repo]["state"] == "done", (repo, state[repo])
                 assert state[repo]["attempts"] == 1
@@ -281,14 +282,14 @@ def test_one_hub_every_fault(
             for repo in TRANSIENT:  # failed once (each fault outlasts the 4 in-call retries), then done
                 assert settled[repo]["attempts"] == 2, (repo, settled[repo])
                 assert settled[repo]["last_error"] is None
-            # the rewritten repo's new commit is a new item, scanned too (found by the modified pass)
+            # the rewritten repo's new commit is a new item, enqueued at once as the head it moved to
             with read_db(db) as conn:
                 commits = conn.execute(
-                    "SELECT commit_sha, state FROM work_items WHERE repo_id = 'moved/rewritten'"
+                    "SELECT commit_sha, state, listed_by FROM work_items WHERE repo_id = 'moved/rewritten'"
                 ).fetchall()
             current = hub.index.repo("moved/rewritten")
             assert current is not None
-            assert (current.commit, "done") in commits
+            assert (current.commit, "done", "commit-moved") in commits
             assert len(commits) == 2
 
             # the operator sees the dead item and why, fixes the cause and re-queues it
@@ -381,6 +382,43 @@ def test_the_request_budget_binds_and_loses_nothing(
             assert row["attempts"] == 0  # waiting for the budget is not the item's fault
             assert row["last_error"] is None or "RateLimited" in row["last_error"]
         assert "bucket is closed" in caplog.text
+
+
+def test_the_request_budget_holds_across_restarts_and_kills(tmp_path: Path, template: Template) -> None:
+    """The ceiling binds all processes on the host together: three ``hubsentry scan`` runs and a daemon
+    killed with ``kill -9`` between them send at most one ceiling's worth in the window. Before, every new
+    process started a fresh window (the soak saw 1,742 API requests in 5 minutes against 1,000)."""
+    root = tmp_path / "hub"
+    root.mkdir()
+    uploads = {f"indie/r-{i}": "independent" for i in range(8)}
+    for i, (repo_id, kind) in enumerate(sorted(uploads.items())):
+        publish(root, repo_id, kind, seed=450 + i, protected_dir=template.protected_dir)
+    db = tmp_path / "hubsentry.db"
+    copy_database(template.db, db)
+    with LocalHub(root, token=HF_TOKEN) as hub, LocalSlack(token=SLACK_TOKEN, channels=[CHANNEL]) as slack:
+        config_path = write_config(
+            tmp_path / "hubsentry.toml",
+            db=db,
+            endpoint=hub.endpoint,
+            slack_url=slack.base_url,
+            extra_hub='api_requests_per_window = 6\nresolver_requests_per_window = 9\nrate_window = "5m"',
+        )
+        first = cli(config_path, "scan")
+        assert "bucket is closed" in first.stderr  # the first process alone reaches the ceiling
+        after_first = budget_used(hub)
+        with running(Daemon(config_path, tmp_path, daemon_env()).start()) as daemon:
+            wait_until(lambda: "hubsentry running" in daemon.log(), timeout=60, what="the daemon's start")
+            time.sleep(2)  # it polls, finds the budget spent by the others, waits
+            daemon.kill()
+        for _ in range(2):
+            again = cli(config_path, "scan")
+            assert again.returncode in (0, 1), again.stderr
+        used = budget_used(hub)
+        assert used["api"] <= 6, used
+        assert used["resolvers"] <= 9, used
+        assert used == after_first  # nothing after the first process: the window is still full
+        assert set(items(db)) == set(uploads)  # and nothing was lost meanwhile
+        assert (db.parent / "hubsentry.db.ratelimit-hf.json").exists()
 
 
 def slack_outbox(db: Path) -> dict[str, int]:

@@ -308,6 +308,51 @@ def test_commit_moved_on_resolve(source, fresh):
         small.read(0, 8)
 
 
+def test_a_pinned_commit_rewritten_away_mid_read_is_commit_moved(tmp_path):
+    """The repo got a new commit (and the old one is gone) between two reads of a scan: `CommitMoved`, so the
+    worker scans the new head, not `NotFound` ("the upload no longer exists")."""
+    write_repo(tmp_path, "acme/rewritten", {"notes.txt": b"a" * 4096})
+    with (
+        LocalHub(tmp_path, token=TOKEN) as hub,
+        HuggingFaceSource("hf", hub.endpoint, TOKEN, http=FAST) as src,
+    ):
+        snap = src.snapshot("acme/rewritten")
+        f = src.open_files(snap, budget=None).open("notes.txt")
+        assert f.read(0, 8) == b"a" * 8
+        write_repo(tmp_path, "acme/rewritten", {"notes.txt": b"b" * 4096})
+        with pytest.raises(CommitMoved, match=r"RevisionNotFound.*rewritten since the snapshot"):
+            f.read(8, 16)
+
+
+def test_a_storage_connection_to_a_refused_address_is_dropped(source, fresh):
+    """DNS rebinding: the storage name resolved to a public address when the redirect was checked, but the
+    connection went to a loopback address of a hub that is not on loopback. Nothing of the answer is read."""
+    snap = source.snapshot(MINILM)
+
+    def rebinding(host: str, port: int) -> list[str]:
+        return ["93.184.216.34"]  # the hub and its storage look public to the redirect check
+
+    policy = RedirectPolicy.for_endpoint(fresh.endpoint, resolve=rebinding)
+    assert not policy.hub_on_loopback
+    with HubHttpClient(fresh.endpoint, token=TOKEN, limiter=None, redirects=policy, settings=FAST) as client:
+        f = HttpRangeSource(
+            client,
+            repo_id=MINILM,
+            commit=snap.commit,
+            entry=snap.files[WEIGHTS],
+            stats=ReadStats(),
+            budget=ByteBudget(None),
+        )
+        with pytest.raises(
+            HubError, match=r"refused: the connection went to 127\.0\.0\.1, a loopback address"
+        ):
+            f.read(0, 8)
+    assert [r.bucket for r in fresh.log].count("cdn") == 1  # one request reached it, its body was not read
+    # the same read through the default policy (the hub is on loopback, so is its CDN) works
+    files = source.open_files(snap, budget=None)
+    assert len(files.open(WEIGHTS).read(0, 8)) == 8
+
+
 def test_listed_size_must_match(source, fresh):
     snap = source.snapshot(MINILM)
     entry = snap.files[WEIGHTS]
@@ -437,7 +482,13 @@ DATA = bytes(range(256)) * 64
 SHA = hashlib.sha256(DATA).hexdigest()
 
 
+def _public(host: str, port: int) -> list[str]:
+    """The mock hosts (``hub.test``, ``cdn.test``) resolve to a public address, as real storage does."""
+    return ["93.184.216.34"]
+
+
 def _client(handler, **kwargs) -> HubHttpClient:
+    kwargs.setdefault("redirects", RedirectPolicy.for_endpoint("https://hub.test", resolve=_public))
     return HubHttpClient(
         "https://hub.test",
         token=TOKEN,

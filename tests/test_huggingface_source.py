@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from huggingface_hub import HfApi
 
-from monitor.errors import GatedRepo, HubError, NotFound, RateLimited, TransientHubError
+from monitor.errors import CommitMoved, GatedRepo, HubError, NotFound, RateLimited, TransientHubError
 from monitor.hubs import HubSource, RepoSnapshot
 from monitor.hubs.huggingface import HuggingFaceSource, map_hf_error
-from monitor.hubs.ratelimit import BucketPolicy, HubRateLimiter
+from monitor.hubs.ratelimit import ARRIVAL_MARGIN_S, BucketPolicy, HubRateLimiter
 from monitor.localhub import FaultAction, FaultRule, LocalHub, RateLimitPolicy, write_repo
 from monitor.remote.retry import RetryPolicy
 from monitor.remote.source import git_blob_sha1, sha256_of_file
@@ -265,11 +265,29 @@ def test_snapshot_private_and_gated(source, fresh):
 
 @pytest.mark.parametrize(
     ("repo_id", "revision"),
-    [("nobody/here", None), ("org0/model0", "f" * 40), ("org0/model0", "no-such-branch")],
+    [("nobody/here", None), ("nobody/here", "f" * 40), ("org0/model0", "no-such-branch")],
 )
 def test_snapshot_not_found(source, repo_id, revision):
     with pytest.raises(NotFound):
         source.snapshot(repo_id, revision)
+
+
+def test_a_pinned_commit_that_is_gone_from_an_existing_repo_is_commit_moved(tmp_path):
+    """History rewritten between the listing and the scan: the hub answers ``RevisionNotFound`` for the old
+    commit of a repo that still exists. That is `CommitMoved` (scan the new head), not `NotFound`."""
+    write_repo(tmp_path, "moved/repo", {"config.json": {"v": 1}})
+    with (
+        LocalHub(tmp_path, token=TOKEN) as hub,
+        HuggingFaceSource("hf", hub.endpoint, TOKEN, http=FAST) as src,
+    ):
+        old = src.snapshot("moved/repo").commit
+        write_repo(tmp_path, "moved/repo", {"config.json": {"v": 2}})
+        with pytest.raises(CommitMoved, match=f"commit {old} is gone but the repo exists") as info:
+            src.snapshot("moved/repo", old)
+        assert not isinstance(info.value, NotFound)
+        assert src.snapshot("moved/repo").commit != old
+        with pytest.raises(NotFound):  # a deleted repo is still "gone"
+            src.snapshot("nobody/here", old)
 
 
 @pytest.mark.parametrize(
@@ -435,7 +453,7 @@ def test_hub_rate_limit_headers_are_learned(root):
             with pytest.raises(RateLimited) as info:
                 src.snapshot("org0/model0")
             assert time.monotonic() - started < 1
-            assert 250 < info.value.retry_after_s <= 300
+            assert 250 < info.value.retry_after_s <= 300 + ARRIVAL_MARGIN_S
         # the 4th request was never sent: the headers of the 3rd said r=0
         assert len(limited.log.find(bucket="api")) == 3
         assert all(r.status == 200 for r in limited.log)

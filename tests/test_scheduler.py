@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, JobExecutionEvent, JobSubmissionEvent
@@ -63,7 +64,7 @@ def make_processor(config: Config, *, hubs: Mapping[str, HubSource] | None = Non
         files = hub.open_files(snapshot, budget=config.hub(item.hub).budget_per_repo)
         source = files.open("config.json")
         doc = json.loads(source.read(0, source.size))
-        if doc.get("fail"):
+        if doc.get("fail") or (doc.get("fail_first") and item.attempts == 1):
             raise TransientHubError("upstream hiccup")
         findings: tuple[Finding, ...] = ()
         if doc.get("copy_of"):
@@ -92,14 +93,23 @@ def make_processor(config: Config, *, hubs: Mapping[str, HubSource] | None = Non
     return process
 
 
-def write_config(path: Path, *, endpoint: str, slack_url: str, db: Path, listen: str = "") -> Path:
+def write_config(
+    path: Path,
+    *,
+    endpoint: str,
+    slack_url: str,
+    db: Path,
+    listen: str = "",
+    poll_interval: str = "2s",
+    queue: str = "",
+) -> Path:
     path.write_text(f"""
 [store]
 path = "{db}"
 [[hubs]]
 name = "hf"
 endpoint = "{endpoint}"
-poll_interval = "2s"
+poll_interval = "{poll_interval}"
 jitter = "0s"
 initial_lookback = "1d"
 [alerts.slack]
@@ -109,6 +119,7 @@ base_url = "{slack_url}"
 listen = "{listen}"
 [queue]
 lease = "30s"
+{queue}
 """)
     return path
 
@@ -228,6 +239,79 @@ def test_one_cycle_scans_alerts_and_delivers(tmp_path: Path, served, env) -> Non
             "flaky/model": "failed",
         }
         assert len(list_alerts(db)) == 1
+
+
+@contextlib.contextmanager
+def scheduled(config: Config) -> Iterator[Services]:
+    """The daemon's scheduler and jobs, in this process, until the block ends."""
+    stop = threading.Event()
+    services = build_services(config, processor_factory=make_processor, stop=stop, sinks=alert_sinks(config))
+    scheduler = build_scheduler(services)
+    scheduler.start()
+    try:
+        yield services
+    finally:
+        stop.set()
+        scheduler.shutdown(wait=True)
+        services.close()
+
+
+def test_a_failed_item_is_retried_when_due_not_at_the_next_drain_interval(
+    tmp_path: Path, served, env
+) -> None:
+    """The drain runs again when the earliest retry is due (here within 1 s), not 30 s later; and it does
+    not spin meanwhile."""
+    root, hub, slack = served
+    write_repo(root, "flaky/once", {"config.json": {"fail_first": True}})
+    config = load_config(
+        write_config(
+            tmp_path / "c.toml",
+            endpoint=hub.endpoint,
+            slack_url=slack.base_url,
+            db=tmp_path / "h.db",
+            poll_interval="1h",  # one poll at start: nothing else wakes the drain
+            queue='backoff_base = "1s"\nbackoff_max = "1s"',
+        )
+    )
+
+    def flaky() -> Any:
+        with Store(config.store.path) as store, store.read() as db:
+            return {i.repo_id: i for i in list_items(db)}.get("flaky/once")
+
+    started = time.monotonic()
+    with scheduled(config):
+        wait_for(lambda: (item := flaky()) is not None and item.state == "done", timeout=10, what="the retry")
+        took = time.monotonic() - started
+        time.sleep(2)  # idle: the drain must not run in a loop now that nothing is due
+    item = flaky()
+    assert (item.attempts, item.last_error) == (2, None)
+    assert took < 10  # the drain interval is 30 s
+    drains = [r for r in hub.log if r.path.startswith("/api/models/flaky/once")]
+    assert len(drains) == 2
+
+
+def test_slack_rate_limit_is_waited_out_in_seconds(tmp_path: Path, served, env) -> None:
+    """Slack answers 429 with Retry-After: 1 to every post beyond one per second: the delivery job runs
+    again after that second, so six alerts take about six seconds, not six delivery intervals (90 s)."""
+    root, hub, slack = served
+    for i in range(5):
+        write_repo(root, f"thief/copy-{i}", {"config.json": {"copy_of": "acme/guard", "i": i}})
+    slack.rate_limit(1.0, burst=1)
+    config = load_config(
+        write_config(
+            tmp_path / "c.toml",
+            endpoint=hub.endpoint,
+            slack_url=slack.base_url,
+            db=tmp_path / "h.db",
+            poll_interval="1h",
+        )
+    )
+    with scheduled(config):
+        wait_for(lambda: len(slack.messages("model-ip")) == 6, timeout=20, what="six Slack messages")
+    posts = slack.requests("chat.postMessage")
+    assert any(r.status == 429 for r in posts)  # the limit did push back
+    delivered = [r.at for r in posts if r.status == 200]
+    assert delivered[-1] - delivered[0] < 10
 
 
 def test_processor_spec_errors_are_config_errors() -> None:

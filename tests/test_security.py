@@ -7,7 +7,8 @@
   repo was listed and scanned) and never the CDN (``hub.log`` ``auth``).
 * **Hostile hub.** Listings with traversal, extra slashes, control characters, non-ASCII and overlong ids;
   model info with traversal, absolute, backslash and NUL paths; redirects to ``file:``, to URLs with
-  credentials, with control characters. None of it reaches a request, a work item or a file name.
+  credentials, with control characters, to a cloud metadata endpoint and a private address. None of it
+  reaches a request, a work item or a file name.
 * **Code in files.** Checkpoints whose pickle would run a command when unpickled are scanned; the command
   never runs.
 * **Loopback.** LocalHub, LocalSlack and the health server refuse non-loopback addresses unless explicitly
@@ -241,7 +242,14 @@ def test_hostile_hub_answers_are_refused(
     root = tmp_path / "hub"
     root.mkdir()
     for i, repo_id in enumerate(
-        ["acme/paths", "acme/redirect-file", "acme/redirect-creds", "acme/redirect-scheme"]
+        [
+            "acme/paths",
+            "acme/redirect-file",
+            "acme/redirect-creds",
+            "acme/redirect-scheme",
+            "acme/redirect-metadata",
+            "acme/redirect-private",
+        ]
     ):
         publish(root, repo_id, "independent", seed=900 + i, protected_dir=template.protected_dir)
     marker = tmp_path / "code-was-executed"
@@ -270,6 +278,9 @@ def test_hostile_hub_answers_are_refused(
             ("redirect-file", "file:///etc/passwd"),
             ("redirect-creds", f"http://user:{HF_TOKEN}@localhost:{hub.endpoint.rsplit(':', 1)[1]}/cdn/x"),
             ("redirect-scheme", "ftp://localhost/cdn/x"),
+            # a cloud metadata endpoint and a LAN address: never fetched, whatever the hub says
+            ("redirect-metadata", "http://169.254.169.254/latest/meta-data/iam/security-credentials/"),
+            ("redirect-private", "http://10.0.0.1/cdn/x"),
         ):
             hub.faults.add(
                 FaultRule(
@@ -313,11 +324,19 @@ def test_hostile_hub_answers_are_refused(
         "skipped" in r.getMessage() and "malformed file entries" in r.getMessage() for r in caplog.records
     )
     assert items["acme/paths"][0] == "done"
-    for repo in ("acme/redirect-file", "acme/redirect-creds", "acme/redirect-scheme"):
+    for repo in (
+        "acme/redirect-file",
+        "acme/redirect-creds",
+        "acme/redirect-scheme",
+        "acme/redirect-metadata",
+        "acme/redirect-private",
+    ):
         state, error = items[repo]
         assert state in ("failed", "dead"), (repo, items[repo])
         assert "refused" in error or "redirect" in error, error
         assert HF_TOKEN not in error
+    assert "169.254.169.254, a link-local address" in items["acme/redirect-metadata"][1]
+    assert "10.0.0.1, a private address" in items["acme/redirect-private"][1]
     notes = " ".join(outcomes["acme/pickle-bomb"].get("notes", ())) + items["acme/pickle-bomb"][1]
     assert items["acme/pickle-bomb"][0] == "done"
     assert "pickle" in notes.lower() or "not readable" in notes, notes

@@ -100,7 +100,7 @@ def test_open_applies_migrations_in_wal_and_reopens_idempotently(tmp_path: Path)
     with Store(path) as store, store.read() as db:
         assert db.journal_mode == "wal"
         status = migration_status(db)
-        assert [m.name for m in status] == ["m001_enable_wal", "m002_core_tables"]
+        assert [m.name for m in status] == ["m001_enable_wal", "m002_core_tables", "m003_sink_health"]
         assert all(m.applied_at for m in status)
         for table in (
             "hub_cursors",
@@ -110,12 +110,13 @@ def test_open_applies_migrations_in_wal_and_reopens_idempotently(tmp_path: Path)
             "scan_results",
             "alerts",
             "outbox",
+            "sink_health",
         ):
             assert db[table].exists()
         assert "STRICT" in db["work_items"].schema
         assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     with Store(path) as again, again.read() as db:
-        assert len(list(db.query("SELECT * FROM _sqlite_migrations"))) == 2
+        assert len(list(db.query("SELECT * FROM _sqlite_migrations"))) == 3
 
 
 def test_newer_database_is_refused(tmp_path: Path) -> None:

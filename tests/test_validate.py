@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
+
 import pytest
 
 from monitor.validate import (
     MAX_PATH_LENGTH,
     RedirectPolicy,
+    address_refusal,
     is_commit,
     normalize_endpoint,
     origin_of,
@@ -191,6 +195,30 @@ def test_redact_url_drops_signature_and_credentials():
 
 HUB = "https://huggingface.co"
 RESOLVE = f"{HUB}/acme/m/resolve/{SHA}/model.safetensors"
+DNS = {
+    "huggingface.co": ["18.160.0.1"],
+    "cdn-lfs.hf.co": ["18.160.0.2", "2600:9000::1"],
+    "us.aws.cdn.hf.co": ["18.160.0.3"],
+    "cdn.example": ["93.184.216.34"],
+    "localhost": ["127.0.0.1", "::1"],
+    "metadata.example": ["169.254.169.254"],
+    "mixed.example": ["93.184.216.34", "10.0.0.5"],
+    "ula.example": ["fd12::1"],
+    "mapped.example": ["::ffff:192.168.1.1"],
+    "cgnat.example": ["100.64.1.1"],
+    "minio.internal": ["10.0.0.7"],
+}
+
+
+def fake_dns(host: str, port: int) -> list[str]:
+    """A resolver with a fixed table (IP literals resolve to themselves), as `resolve_host` answers."""
+    try:
+        return [str(ipaddress.ip_address(host.strip("[]")))]
+    except ValueError:
+        pass
+    if host not in DNS:
+        raise ValueError(f"cannot resolve storage host {host!r}: unknown name")
+    return DNS[host]
 
 
 @pytest.mark.parametrize(
@@ -211,7 +239,7 @@ RESOLVE = f"{HUB}/acme/m/resolve/{SHA}/model.safetensors"
     ],
 )
 def test_redirects_followed(location, expected, is_hub):
-    policy = RedirectPolicy.for_endpoint(HUB)
+    policy = RedirectPolicy.for_endpoint(HUB, resolve=fake_dns)
     target = policy.check(RESOLVE, location)
     assert str(target) == expected
     assert policy.is_hub(target) is is_hub
@@ -231,12 +259,84 @@ def test_redirects_followed(location, expected, is_hub):
 )
 def test_redirects_refused(location, fragment):
     with pytest.raises(ValueError, match=fragment):
-        RedirectPolicy.for_endpoint(HUB).check(RESOLVE, location)
+        RedirectPolicy.for_endpoint(HUB, resolve=fake_dns).check(RESOLVE, location)
+
+
+@pytest.mark.parametrize(
+    ("location", "fragment"),
+    [
+        ("https://169.254.169.254/latest/meta-data/", "169.254.169.254, a link-local address"),
+        ("https://metadata.example/x", "resolves to 169.254.169.254, a link-local address"),
+        ("https://[fe80::1]/x", "link-local"),
+        ("https://10.1.2.3/x", "10.1.2.3, a private address"),
+        ("https://192.168.0.10:8443/x", "private"),
+        ("https://ula.example/x", "fd12::1, a private address"),
+        ("https://mapped.example/x", "::ffff:192.168.1.1, a private address"),
+        ("https://cgnat.example/x", "100.64.1.1, not a public address"),
+        ("https://mixed.example/x", "10.0.0.5, a private address"),  # one bad address is enough
+        ("https://localhost/x", "a loopback address (the hub is not on loopback)"),
+        ("https://127.0.0.2/x", "loopback"),
+        ("https://0.0.0.0/x", "unspecified"),
+        ("https://nowhere.example/x", "cannot resolve storage host 'nowhere.example'"),
+    ],
+)
+def test_storage_redirects_to_internal_addresses_are_refused(location, fragment):
+    """Without an allow-list, every address a storage host resolves to must be public: a hostile hub cannot
+    point the daemon at a metadata endpoint or a LAN service, directly or through a DNS name."""
+    with pytest.raises(ValueError, match=re.escape(fragment)) as info:
+        RedirectPolicy.for_endpoint(HUB, resolve=fake_dns).check(RESOLVE, location)
+    if "resolve" not in fragment:
+        assert "refused" in str(info.value)
+        assert "allowed_storage_hosts" in str(info.value)
+
+
+def test_a_loopback_hub_may_use_loopback_storage_but_nothing_private():
+    local = RedirectPolicy.for_endpoint("http://127.0.0.1:9", resolve=fake_dns)
+    assert local.hub_on_loopback
+    assert local.check("http://127.0.0.1:9/a/resolve/c/d", "http://localhost:9/cdn/x").host == "localhost"
+    for bad in ("http://10.1.2.3/cdn/x", "http://169.254.169.254/x"):
+        with pytest.raises(ValueError, match="refused"):
+            local.check("http://127.0.0.1:9/a/resolve/c/d", bad)
+    assert not RedirectPolicy.for_endpoint(HUB, resolve=fake_dns).hub_on_loopback
+    assert local.refusal("127.0.0.1") is None
+    assert local.refusal("10.0.0.1") is not None
+
+
+def test_allow_listed_hosts_are_trusted_with_private_addresses():
+    """An on-premises mirror's storage on a private network: the operator lists it, and only it."""
+    policy = RedirectPolicy.for_endpoint(HUB, allowed_storage_hosts=["minio.internal"], resolve=fake_dns)
+    assert policy.check(RESOLVE, "https://minio.internal/bucket/x").host == "minio.internal"
+    assert policy.vouched("minio.internal")
+    with pytest.raises(ValueError, match="not in the allowed storage hosts"):
+        policy.check(RESOLVE, "https://metadata.example/x")
+
+
+@pytest.mark.parametrize(
+    ("address", "refused"),
+    [
+        ("8.8.8.8", False),
+        ("2606:4700:4700::1111", False),
+        ("10.0.0.1", True),
+        ("172.16.5.4", True),
+        ("192.168.1.1", True),
+        ("169.254.169.254", True),
+        ("fd00:ec2::254", True),
+        ("fe80::1%eth0", True),
+        ("::ffff:169.254.169.254", True),
+        ("100.100.100.200", True),
+        ("224.0.0.251", True),
+        ("::", True),
+        ("127.0.0.1", True),
+        ("not-an-ip", True),
+    ],
+)
+def test_address_refusal(address, refused):
+    assert (address_refusal(address, loopback_ok=False) is not None) is refused
 
 
 def test_storage_allow_list():
     policy = RedirectPolicy.for_endpoint(
-        HUB, allowed_storage_hosts=[".hf.co", "cas-bridge.xethub.hf.co", " "]
+        HUB, allowed_storage_hosts=[".hf.co", "cas-bridge.xethub.hf.co", " "], resolve=fake_dns
     )
     assert policy.allowed_storage_hosts == (".hf.co", "cas-bridge.xethub.hf.co")
     assert policy.check(RESOLVE, "https://cdn-lfs.hf.co/x").host == "cdn-lfs.hf.co"
@@ -249,8 +349,8 @@ def test_storage_allow_list():
 
 
 def test_downgrade_allowed_only_when_asked():
-    policy = RedirectPolicy.for_endpoint(HUB, allow_downgrade=True)
+    policy = RedirectPolicy.for_endpoint(HUB, allow_downgrade=True, resolve=fake_dns)
     assert policy.check(RESOLVE, "http://cdn.example/x").scheme == "http"
-    plain = RedirectPolicy.for_endpoint("http://127.0.0.1:9")
+    plain = RedirectPolicy.for_endpoint("http://127.0.0.1:9", resolve=fake_dns)
     assert not plain.is_hub("http://localhost:9/cdn/x")  # another host name is another origin
     assert plain.check("http://127.0.0.1:9/a/b/resolve/c/d", "http://localhost:9/cdn/x").host == "localhost"

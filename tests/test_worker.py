@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -43,7 +45,7 @@ from monitor.store import (
     list_items,
     requeue,
 )
-from monitor.worker import RetryPolicy, Worker, classify
+from monitor.worker import RetryPolicy, Worker
 
 SHA = "c" * 40
 OLD = "0" * 40
@@ -302,6 +304,79 @@ def test_a_crashed_workers_item_is_reclaimed_after_its_lease(store: Store, execu
     assert (item.state, item.attempts) == ("done", 2)
 
 
+_CLAIM_AND_DIE = """
+import os, sys
+from datetime import UTC, datetime
+from monitor.store import Store, claim_due
+from monitor.worker import default_owner
+with Store(sys.argv[1]) as store:
+    owner = default_owner()
+    now = datetime.now(UTC)
+    store.write(lambda db: claim_due(db, owner=owner, limit=1, lease_s=3600, max_attempts=3, now=now))
+    print(owner, flush=True)
+    if sys.argv[2] == "die":
+        os._exit(0)  # no release, no cleanup: as after a kill -9
+    sys.stdin.read()  # hold the lease until the test closes stdin
+"""
+
+
+def test_a_dead_processs_leases_are_reclaimed_at_once_a_live_ones_are_not(
+    store: Store, threads: ExecutorHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker on this host whose process is gone loses its hour-long lease at the next drain; a worker
+    whose process still runs keeps it (its item is not scanned twice)."""
+    add(store, "ok/orphan")
+    dead = subprocess.run(
+        [sys.executable, "-c", _CLAIM_AND_DIE, str(store.path), "die"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_owner = dead.stdout.strip()
+    assert items(store)["ok/orphan"].lease_owner == dead_owner
+    add(store, "ok/held")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _CLAIM_AND_DIE, str(store.path), "hold"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        live_owner = holder.stdout.readline().strip()
+        assert items(store)["ok/held"].lease_owner == live_owner
+        caplog.set_level(logging.WARNING, logger="monitor.worker")
+        report = make_worker(store, threads).drain()
+        got = items(store)
+        assert (got["ok/orphan"].state, got["ok/orphan"].attempts) == ("done", 2)
+        assert (got["ok/held"].state, got["ok/held"].lease_owner) == ("running", live_owner)
+        assert report.claimed == 1
+        assert f"were held by {dead_owner}, which is no longer running" in caplog.text
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def test_next_due_follows_retries_leases_and_hub_pauses(store: Store, threads: ExecutorHandle) -> None:
+    worker = make_worker(store, threads)
+    assert worker.next_due() is None
+    add(store, "ratelimited/first", hub="limited")  # fails with retry_after 120 s: the hub is paused
+    worker.drain()
+    paused_until = worker.next_due()
+    assert paused_until is not None
+    assert 110 < (paused_until - datetime.now(UTC)).total_seconds() <= 121
+    add(store, "ok/other", hub="hf")
+    now = datetime.now(UTC)
+    (held,) = store.write(
+        lambda db: claim_due(db, owner="ghost", limit=1, lease_s=5, max_attempts=3, now=now)
+    )
+    assert held.repo_id == "ok/other"
+    due = worker.next_due()  # the other hub's item is held by a (fake) owner whose lease ends in 5 s
+    assert due is not None
+    assert 3 < (due - now).total_seconds() <= 5
+
+
 def test_leases_are_renewed_while_a_scan_runs(store: Store, threads: ExecutorHandle) -> None:
     add(store, "slow/1.0")
     stolen: list[int] = []
@@ -336,37 +411,3 @@ def test_an_unpicklable_processor_gives_its_items_back_on_dask(store: Store, tmp
     assert (report.claimed, report.released) == (2, 2)
     assert {i.state for i in items(store).values()} == {"pending"}
     assert {i.attempts for i in items(store).values()} == {0}
-
-
-def test_classify_table() -> None:
-    assert classify(RateLimited("x", retry_after_s=9)).refund
-    assert classify(RateLimited("x", retry_after_s=9)).pause_hub_s == 9
-    assert classify(StoreError("x")).refund
-    assert classify(CommitMoved("x")).enqueue_head
-    for exc in (
-        NotFound("x"),
-        GatedRepo("x"),
-        FormatError("x"),
-        UnsupportedFormat("x"),
-        BudgetExceeded("x", budget=1, requested=2),
-        CommitMoved("x"),
-    ):
-        assert classify(exc).action == "done", exc
-    for exc in (
-        TransientHubError("x"),
-        RateLimited("x", retry_after_s=1),
-        StoreError("x"),
-        OSError("x"),
-        KeyError("x"),
-        TimeoutError("x"),
-    ):
-        assert classify(exc).action == "retry", exc
-
-
-def test_backoff_is_bounded_exponential_with_jitter() -> None:
-    policy = RetryPolicy(max_attempts=6, backoff_base_s=30, backoff_max_s=6 * 3600)
-    rng = random.Random(1)
-    for attempt, ceiling in ((1, 30), (2, 60), (3, 120), (10, 15360), (30, 21600), (500, 21600)):
-        delays = [policy.delay(attempt, rng) for _ in range(50)]
-        assert all(ceiling / 2 <= d <= ceiling for d in delays), attempt
-        assert len(set(delays)) > 1

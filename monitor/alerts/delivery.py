@@ -12,10 +12,17 @@ scan result, so an alert that exists is an alert that will be delivered. `delive
   sending it again a `RecoverableSink` (Slack) is asked to find it (``conversations.history`` since
   ``sending_since``, matched on the alert key in message metadata). Found: it is marked delivered with that
   receipt. Not found: it is sent. So neither a crash nor a lost response duplicates a Slack alert.
-* **Retries.** Retryable failures (429, 5xx, network) back off exponentially with jitter up to a cap, or
-  exactly as long as ``Retry-After`` asks; they retry forever, because an alert must survive an outage of
-  any length (the backlog is visible in ``hubsentry status`` and ``hubsentry_outbox_backlog``). Only the
-  head row is retried, so an outage costs one request per sink per backoff period.
+* **Retries.** Retryable failures (5xx, network) back off exponentially with jitter up to a cap, the
+  exponent being the *sink's* consecutive failures since its last success (``sink_health``, see
+  `monitor.alerts.outbox`), so one outage's backoff never carries over to the next, nor does a crash or a
+  run of rate-limit answers push a head row to the maximum wait. A rate limit (429 with ``Retry-After``)
+  is obeyed exactly and is not counted as a failure. Retries go on forever, because an alert must survive
+  an outage of any length (the backlog is visible in ``hubsentry status`` and
+  ``hubsentry_outbox_backlog``). Only the head row is retried, so an outage costs one request per sink per
+  backoff period.
+* **Timing.** `DeliveryReport.next_attempt_at` says when the earliest blocked head row may be tried again;
+  the daemon runs the delivery job again at that moment (`monitor.scheduler.deliver_job`), so a
+  ``Retry-After: 1`` costs one second, not a scheduler interval.
 * **Dead letters.** Permanent failures (revoked token, unknown channel, rejected payload) mark the row
   ``dead`` with the reason and log an ERROR; delivery continues with the next row. `requeue_dead` puts
   dead rows back once the operator has fixed the cause.
@@ -101,6 +108,10 @@ class DeliveryReport:
     blocked: dict[str, str] = field(default_factory=dict)
     """Sinks whose head row could not go out in this call, with the reason."""
     skipped: bool = False
+    next_attempt_at: str | None = None
+    """Earliest time (store ISO text) a configured sink has a row to try again: a blocked head row's due
+    time, or now when a sink stopped at ``max_per_run``. None: nothing is waiting (or the call was stopped
+    or skipped)."""
 
     @property
     def anything(self) -> bool:
@@ -117,10 +128,11 @@ def retry_delay(
     policy: RetryPolicy = DEFAULT_POLICY,
     rng: random.Random | None = None,
 ) -> float:
-    """Seconds to wait before attempt ``attempts + 1``.
+    """Seconds to wait after the ``attempts``-th consecutive failure of a sink.
 
     ``Retry-After`` wins when the sink gave one (never earlier than asked; up to 10 % later to spread
-    clients); otherwise ``base_s · 2^(attempts-1)`` capped at ``max_s``, with jitter.
+    clients); otherwise ``base_s · 2^(attempts-1)`` capped at ``max_s``, with jitter. `deliver_due` passes
+    the sink's failure streak (`monitor.alerts.outbox.sink_failures`) plus this failure.
     """
     draw = (rng or random).random()
     if retry_after_s is not None:
@@ -193,6 +205,7 @@ def _deliver_sink(
     rng: random.Random | None,
     report: DeliveryReport,
 ) -> None:
+    failures = outbox.sink_failures(store, name)
     for _ in range(policy.max_per_run):
         if stop.is_set():
             return
@@ -202,6 +215,7 @@ def _deliver_sink(
         due = _due(row, policy)
         if due > to_iso(now()):
             report.blocked[name] = f"next attempt at {due}"
+            _note_due(report, due)
             return
         try:
             alert = Alert.from_row(row)
@@ -212,16 +226,56 @@ def _deliver_sink(
             continue
         if row["sending_since"] is not None:
             found = _recover(
-                store, name, sink, row, alert, now=now, policy=policy, metrics=metrics, rng=rng, report=report
+                store,
+                name,
+                sink,
+                row,
+                alert,
+                failures=failures,
+                now=now,
+                policy=policy,
+                metrics=metrics,
+                rng=rng,
+                report=report,
             )
             if found == "blocked":
+                _note_head_due(store, name, report, policy)
                 return
             if found == "recovered":
+                failures = 0
                 continue
+        delivered_before = report.delivered
         if not _attempt(
-            store, name, sink, row, alert, now=now, policy=policy, metrics=metrics, rng=rng, report=report
+            store,
+            name,
+            sink,
+            row,
+            alert,
+            failures=failures,
+            now=now,
+            policy=policy,
+            metrics=metrics,
+            rng=rng,
+            report=report,
         ):
+            _note_head_due(store, name, report, policy)
             return
+        if report.delivered > delivered_before:  # (a dead letter leaves the streak as it was)
+            failures = 0
+    else:
+        _note_due(report, to_iso(now()))  # max_per_run reached: more rows are due now
+
+
+def _note_due(report: DeliveryReport, due: str) -> None:
+    if report.next_attempt_at is None or due < report.next_attempt_at:
+        report.next_attempt_at = due
+
+
+def _note_head_due(store: Store, name: str, report: DeliveryReport, policy: RetryPolicy) -> None:
+    """After a failure: when the (re-read) head row of ``name`` may be tried again."""
+    row = outbox.head_row(store, name)
+    if row is not None:
+        _note_due(report, _due(row, policy))
 
 
 def _due(row: Mapping[str, Any], policy: RetryPolicy) -> str:
@@ -243,6 +297,7 @@ def _recover(
     row: Mapping[str, Any],
     alert: Alert,
     *,
+    failures: int,
     now: Callable[[], datetime],
     policy: RetryPolicy,
     metrics: Metrics | None,
@@ -278,12 +333,11 @@ def _recover(
             exc = with_reason(
                 DeliveryUncertainError(f"{name}: unexpected {type(exc).__name__}: {exc}"), "unexpected"
             )
-        due = now() + timedelta(
-            seconds=retry_delay(
-                int(row["attempts"]) + 1, retry_after_s=exc.retry_after_s, policy=policy, rng=rng
-            )
+        moment = now()
+        due = moment + timedelta(
+            seconds=retry_delay(failures + 1, retry_after_s=exc.retry_after_s, policy=policy, rng=rng)
         )
-        outbox.mark_lookup_failed(store, row["id"], f"lookup failed: {exc}", due=due)
+        outbox.mark_lookup_failed(store, row["id"], f"lookup failed: {exc}", due=due, at=moment)
         _count_failure(metrics, name, exc)
         report.retried += 1
         report.blocked[name] = f"lookup failed: {exc}"
@@ -307,6 +361,7 @@ def _attempt(
     row: Mapping[str, Any],
     alert: Alert,
     *,
+    failures: int,
     now: Callable[[], datetime],
     policy: RetryPolicy,
     metrics: Metrics | None,
@@ -318,7 +373,7 @@ def _attempt(
     try:
         receipt = sink.send(alert)
     except DeliveryUncertainError as exc:
-        _schedule_retry(store, row, exc, uncertain=True, now=now, policy=policy, rng=rng)
+        _schedule_retry(store, row, exc, uncertain=True, failures=failures, now=now, policy=policy, rng=rng)
         _count_failure(metrics, name, exc)
         report.retried += 1
         report.blocked[name] = str(exc)
@@ -327,7 +382,7 @@ def _attempt(
         )
         return False
     except RetryableNotifyError as exc:
-        _schedule_retry(store, row, exc, uncertain=False, now=now, policy=policy, rng=rng)
+        _schedule_retry(store, row, exc, uncertain=False, failures=failures, now=now, policy=policy, rng=rng)
         _count_failure(metrics, name, exc)
         report.retried += 1
         report.blocked[name] = str(exc)
@@ -344,7 +399,9 @@ def _attempt(
         wrapped = with_reason(
             DeliveryUncertainError(f"{name}: unexpected {type(exc).__name__}: {exc}"), "unexpected"
         )
-        _schedule_retry(store, row, wrapped, uncertain=True, now=now, policy=policy, rng=rng)
+        _schedule_retry(
+            store, row, wrapped, uncertain=True, failures=failures, now=now, policy=policy, rng=rng
+        )
         _count_failure(metrics, name, wrapped)
         report.retried += 1
         report.blocked[name] = str(wrapped)
@@ -362,14 +419,25 @@ def _schedule_retry(
     exc: NotifyError,
     *,
     uncertain: bool,
+    failures: int,
     now: Callable[[], datetime],
     policy: RetryPolicy,
     rng: random.Random | None,
 ) -> None:
+    """Schedule the head row's retry: ``Retry-After`` when given (not counted as a sink failure), else the
+    backoff of the sink's ``failures + 1``-th consecutive failure."""
     retry_after = exc.retry_after_s if isinstance(exc, RetryableNotifyError) else None
-    attempts = int(row["attempts"]) + 1
-    due = now() + timedelta(seconds=retry_delay(attempts, retry_after_s=retry_after, policy=policy, rng=rng))
-    outbox.mark_retry(store, row["id"], str(exc), due=due, uncertain=uncertain)
+    moment = now()
+    delay = retry_delay(failures + 1, retry_after_s=retry_after, policy=policy, rng=rng)
+    outbox.mark_retry(
+        store,
+        row["id"],
+        str(exc),
+        due=moment + timedelta(seconds=delay),
+        uncertain=uncertain,
+        at=moment,
+        counts_as_failure=retry_after is None,
+    )
 
 
 def _count_failure(metrics: Metrics | None, sink: str, exc: BaseException) -> None:

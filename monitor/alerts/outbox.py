@@ -5,6 +5,12 @@ later ``next_attempt_at``. ``sending_since`` on a ``pending`` or ``sending`` row
 have arrived": the consumer (`monitor.alerts.delivery`) looks such a row up before sending it again.
 Every transition is one statement in its own write transaction (through the store's single writer) and is
 guarded by ``state IN ('pending', 'sending')``, so a row an operator already finished is never touched.
+
+``sink_health`` keeps, per sink, the consecutive failures since its last success: a failed attempt or lookup
+adds one (in the transaction that records it), a delivery or a recovered receipt resets it. The consumer bases
+its backoff on it rather than on the head row's own attempt count, which also counts attempts cut short by
+a crash and rate-limit answers, and would keep a long-lived head row at the maximum backoff after the sink
+has long recovered.
 Times are the store's fixed-width UTC text (`monitor.store.db.to_iso`), so SQL string order is time order.
 """
 
@@ -32,6 +38,7 @@ __all__ = [
     "mark_retry",
     "mark_sending",
     "requeue_dead",
+    "sink_failures",
     "undelivered_sinks",
 ]
 
@@ -88,6 +95,8 @@ class SinkStatus:
         last_error (`str | None`): the head row's last error (why the sink is stuck).
         last_dead_error (`str | None`): the most recent dead letter's reason.
         last_delivered_at (`str | None`): when the last delivery succeeded.
+        consecutive_failures (`int`): failed attempts and lookups since the sink's last success (what its
+            retry backoff grows with).
     """
 
     sink: str
@@ -102,6 +111,7 @@ class SinkStatus:
     last_error: str | None
     last_dead_error: str | None
     last_delivered_at: str | None
+    consecutive_failures: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -123,9 +133,42 @@ def undelivered_sinks(store: Store) -> list[str]:
         ]
 
 
-def _transition(store: Store, row_id: int, transition: str, params: list[Any]) -> None:
+_SINK_FAILED = """
+INSERT INTO sink_health (sink, failures, last_failure_at, last_error, updated_at)
+SELECT sink, 1, ?, ?, ? FROM outbox WHERE id = ?
+ON CONFLICT (sink) DO UPDATE SET failures = failures + 1, last_failure_at = excluded.last_failure_at,
+    last_error = excluded.last_error, updated_at = excluded.updated_at
+"""
+_SINK_SUCCEEDED = """
+INSERT INTO sink_health (sink, failures, last_success_at, updated_at)
+SELECT sink, 0, ?, ? FROM outbox WHERE id = ?
+ON CONFLICT (sink) DO UPDATE SET failures = 0, last_success_at = excluded.last_success_at,
+    updated_at = excluded.updated_at
+"""
+
+
+def _transition(
+    store: Store,
+    row_id: int,
+    transition: str,
+    params: list[Any],
+    *,
+    health: tuple[str, list[Any]] | None = None,
+) -> None:
+    """One guarded transition and, when it applied, its effect on the sink's health, in one transaction."""
     statement = _TRANSITIONS[transition]
-    store.write(lambda db: db.execute(statement, [*params, row_id]))
+
+    def fn(db: Database) -> None:
+        cursor = db.execute(statement, [*params, row_id])
+        if health is not None and cursor.rowcount == 1:
+            db.execute(health[0], [*health[1], row_id])
+
+    store.write(fn)
+
+
+def _failed(error: str, at: datetime) -> tuple[str, list[Any]]:
+    stamp = to_iso(at)
+    return _SINK_FAILED, [stamp, error[:MAX_ERROR_CHARS], stamp]
 
 
 def mark_sending(store: Store, row_id: int, *, at: datetime) -> None:
@@ -134,24 +177,52 @@ def mark_sending(store: Store, row_id: int, *, at: datetime) -> None:
 
 
 def mark_delivered(store: Store, row_id: int, receipt: Mapping[str, Any], *, at: datetime) -> None:
+    """Delivered (or found delivered after an interruption): the sink's failure streak ends."""
     receipt_json = json.dumps(dict(receipt), default=str, sort_keys=True)
-    _transition(store, row_id, "delivered", [to_iso(at), receipt_json])
+    stamp = to_iso(at)
+    _transition(store, row_id, "delivered", [stamp, receipt_json], health=(_SINK_SUCCEEDED, [stamp, stamp]))
 
 
 def mark_dead(store: Store, row_id: int, reason: str, *, at: datetime) -> None:
     _transition(store, row_id, "dead", [reason[:MAX_ERROR_CHARS], to_iso(at)])
 
 
-def mark_retry(store: Store, row_id: int, error: str, *, due: datetime, uncertain: bool) -> None:
-    """Back to ``pending`` until ``due``; ``sending_since`` is kept only when the attempt may have landed."""
+def mark_retry(
+    store: Store,
+    row_id: int,
+    error: str,
+    *,
+    due: datetime,
+    uncertain: bool,
+    at: datetime,
+    counts_as_failure: bool = True,
+) -> None:
+    """Back to ``pending`` until ``due``; ``sending_since`` is kept only when the attempt may have landed.
+
+    Args:
+        at (`datetime`): when the attempt failed.
+        counts_as_failure (`bool`): add one to the sink's failure streak. False for a rate-limit answer
+            that said when to come back: that is flow control, obeyed exactly, not a sign of an outage.
+    """
     transition = "retry_uncertain" if uncertain else "retry"
-    _transition(store, row_id, transition, [to_iso(due), error[:MAX_ERROR_CHARS]])
+    health = _failed(error, at) if counts_as_failure else None
+    _transition(store, row_id, transition, [to_iso(due), error[:MAX_ERROR_CHARS]], health=health)
 
 
-def mark_lookup_failed(store: Store, row_id: int, error: str, *, due: datetime) -> None:
+def mark_lookup_failed(store: Store, row_id: int, error: str, *, due: datetime, at: datetime) -> None:
     """The receiver could not be asked whether the last attempt arrived: keep ``sending_since``, count the
-    failed lookup as an attempt (so backoff grows during an outage) and try again at ``due``."""
-    _transition(store, row_id, "lookup_failed", [to_iso(due), error[:MAX_ERROR_CHARS]])
+    failed lookup as an attempt and as a failure of the sink (so backoff grows during an outage) and try
+    again at ``due``."""
+    _transition(
+        store, row_id, "lookup_failed", [to_iso(due), error[:MAX_ERROR_CHARS]], health=_failed(error, at)
+    )
+
+
+def sink_failures(store: Store, sink: str) -> int:
+    """Consecutive failed attempts and lookups of ``sink`` since its last success (0: healthy or unknown)."""
+    with store.read() as db:
+        row = db.execute("SELECT failures FROM sink_health WHERE sink = ?", [sink]).fetchone()
+    return int(row[0]) if row else 0
 
 
 def delivery_status(store: Store, *, configured: Iterable[str] | None = None) -> list[SinkStatus]:
@@ -201,6 +272,7 @@ def _sink_status(db: Database, counts: Mapping[str, Any], names: set[str] | None
             "SELECT last_error FROM outbox WHERE sink = ? AND state = 'dead' ORDER BY id DESC LIMIT 1", [sink]
         )
     )
+    health = db.execute("SELECT failures FROM sink_health WHERE sink = ?", [sink]).fetchone()
     return SinkStatus(
         sink=sink,
         configured=None if names is None else sink in names,
@@ -214,6 +286,7 @@ def _sink_status(db: Database, counts: Mapping[str, Any], names: set[str] | None
         last_error=head[0]["last_error"] if head else None,
         last_dead_error=dead[0]["last_error"] if dead else None,
         last_delivered_at=counts["last_delivered_at"],
+        consecutive_failures=int(health[0]) if health else 0,
     )
 
 

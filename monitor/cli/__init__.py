@@ -34,6 +34,7 @@ COMMANDS = (
     "alerts list",
     "alerts ack",
     "alerts resolve",
+    "alerts requeue-dead",
     "queue list",
     "queue requeue",
     "hub serve",

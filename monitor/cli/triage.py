@@ -1,4 +1,4 @@
-"""Triage: ``hubsentry alerts list|ack|resolve`` and ``hubsentry queue list|requeue``."""
+"""Triage: ``hubsentry alerts list|ack|resolve|requeue-dead`` and ``hubsentry queue list|requeue``."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ __all__ = ["alerts", "queue"]
 
 @cli.group()
 def alerts() -> None:
-    """Triage alerts: list, acknowledge, resolve."""
+    """Triage alerts: list, acknowledge, resolve; requeue undeliverable ones."""
 
 
 @alerts.command("list")
@@ -122,6 +122,38 @@ def alerts_resolve(app: App, key: str, resolution: str, reason: str) -> None:
             )
         )
     click.echo(f"resolved {full} as {resolution}")
+
+
+@alerts.command("requeue-dead")
+@click.option(
+    "--sink", default=None, help='Only this sink (as in `hubsentry status`, e.g. "slack:#model-ip").'
+)
+@click.option("--key", default=None, help="Only this alert (a unique prefix of its key).")
+@pass_app
+def alerts_requeue_dead(app: App, sink: str | None, key: str | None) -> None:
+    """Deliver dead letters again, once the cause is fixed (revoked token, unknown channel...).
+
+    A dead letter is an alert a sink refused permanently; `hubsentry status` shows how many each sink has
+    and the last reason. Requeued alerts go out in order with the alerts still waiting for that sink, on
+    the daemon's next delivery run (or the next `hubsentry scan`).
+
+    \b
+    Examples:
+        hubsentry alerts requeue-dead
+        hubsentry alerts requeue-dead --sink "slack:#model-ip"
+        hubsentry alerts requeue-dead --key 3f9c2a71
+    """
+    from monitor.alerts.delivery import requeue_dead
+
+    with app.store() as store:
+        full = _alert_key(store, key) if key is not None else None
+        count = requeue_dead(store, sink=sink, alert_key=full)
+    scope = ", ".join(
+        part for part in (f"sink {sink}" if sink else "", f"alert {full}" if full else "") if part
+    )
+    click.echo(f"requeued {count} dead letter(s){f' ({scope})' if scope else ''}")
+    if count == 0 and (sink or full):
+        fail(f"no dead letters matched ({scope})")
 
 
 def _alert_key(store: Store, key: str) -> str:

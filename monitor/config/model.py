@@ -32,6 +32,7 @@ __all__ = [
     "ServerConfig",
     "SlackConfig",
     "StoreConfig",
+    "default_rate_state_file",
     "runtime_env",
 ]
 
@@ -124,6 +125,12 @@ class HubConfig:
         api_requests_per_window (`int`), resolver_requests_per_window (`int`): our own request ceilings.
         rate_window_s (`float`): length of the hub's rate-limit window (HF: 5 minutes).
         timeout_s (`float`): per-request timeout.
+        allowed_storage_hosts (`tuple[str, ...] | None`): hosts the hub's storage redirects may lead to
+            (``".hf.co"`` matches subdomains); the operator vouches for them, private addresses included.
+            None: any host whose addresses are all public (`monitor.validate.RedirectPolicy`).
+        rate_state_file (`Path | None`): where the request budget's recent history is shared between
+            processes and restarts (`monitor.hubs.ratestate`); default next to the database. None: each
+            process keeps its own (the ceiling then holds per process only).
     """
 
     name: str = DEFAULT_HUB_NAME
@@ -140,6 +147,13 @@ class HubConfig:
     resolver_requests_per_window: int = DEFAULT_RESOLVER_REQUESTS_PER_WINDOW
     rate_window_s: float = DEFAULT_RATE_WINDOW_S
     timeout_s: float = DEFAULT_HUB_TIMEOUT_S
+    allowed_storage_hosts: tuple[str, ...] | None = None
+    rate_state_file: Path | None = None
+
+
+def default_rate_state_file(store_path: Path, hub_name: str) -> Path:
+    """``<database>.ratelimit-<hub>.json``: the shared request history of one hub, next to the database."""
+    return store_path.with_name(f"{store_path.name}.ratelimit-{hub_name}.json")
 
 
 @dataclass(frozen=True, slots=True)

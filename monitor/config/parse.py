@@ -73,6 +73,7 @@ from monitor.config.model import (
     ServerConfig,
     SlackConfig,
     StoreConfig,
+    default_rate_state_file,
 )
 from monitor.config.units import format_duration, format_size, parse_duration, parse_size
 from monitor.errors import ConfigError
@@ -250,8 +251,33 @@ def _parse_store(table: _Table | None, base: Path) -> StoreConfig:
     return StoreConfig(path=path, refs_dir=refs or path.with_name(path.name + ".refs"), busy_timeout_s=busy)
 
 
-def _parse_hub(t: _Table, *, base: Path, default_endpoint: str) -> HubConfig:
+def _storage_hosts(value: object, key: str) -> tuple[str, ...]:
+    expected = 'a list of host names like ["cdn-lfs.hf.co", ".hf.co"]'
+    if not isinstance(value, list):
+        raise _fail(key, expected, value)
+    hosts: list[str] = []
+    for item in value:
+        host = item.strip().lower() if isinstance(item, str) else item
+        if not isinstance(host, str) or not re.fullmatch(
+            r"\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", host
+        ):
+            raise _fail(key, expected + " (no scheme, port or path)", item)
+        hosts.append(host)
+    return tuple(hosts)
+
+
+def _optional_path(base: Path) -> Callable[[object, str], Path | None]:
+    def parse(value: object, key: str) -> Path | None:
+        if value == "":
+            return None
+        return _path(base)(value, key)
+
+    return parse
+
+
+def _parse_hub(t: _Table, *, base: Path, default_endpoint: str, store_path: Path) -> HubConfig:
     name = t.take("name", _name, DEFAULT_HUB_NAME)
+    default_state: Path | None = default_rate_state_file(store_path, name)
     kind = t.take("kind", _choice(*HUB_KINDS), DEFAULT_HUB_KIND)
     endpoint = t.take("endpoint", _url, default_endpoint).rstrip("/")
     hub = HubConfig(
@@ -273,6 +299,8 @@ def _parse_hub(t: _Table, *, base: Path, default_endpoint: str) -> HubConfig:
         ),
         rate_window_s=t.take("rate_window", _positive_duration, DEFAULT_RATE_WINDOW_S),
         timeout_s=t.take("timeout", _positive_duration, DEFAULT_HUB_TIMEOUT_S),
+        allowed_storage_hosts=t.take("allowed_storage_hosts", _storage_hosts, None),
+        rate_state_file=t.take("rate_state_file", _optional_path(base), default_state),
     )
     t.finish()
     if hub.jitter_s >= hub.poll_interval_s:
@@ -286,13 +314,21 @@ def _parse_hub(t: _Table, *, base: Path, default_endpoint: str) -> HubConfig:
     return hub
 
 
-def _parse_hubs(raw: object, *, base: Path, default_endpoint: str) -> tuple[HubConfig, ...]:
+def _parse_hubs(raw: object, *, base: Path, default_endpoint: str, store_path: Path) -> tuple[HubConfig, ...]:
     if raw is None:
-        return (HubConfig(endpoint=default_endpoint, token=_default_hf_token("hubs[0].token_env")),)
+        return (
+            HubConfig(
+                endpoint=default_endpoint,
+                token=_default_hf_token("hubs[0].token_env"),
+                rate_state_file=default_rate_state_file(store_path, DEFAULT_HUB_NAME),
+            ),
+        )
     if not isinstance(raw, list) or not raw:
         raise _fail("hubs", "one or more [[hubs]] tables", raw)
     hubs = tuple(
-        _parse_hub(_Table(item, f"hubs[{i}]"), base=base, default_endpoint=default_endpoint)
+        _parse_hub(
+            _Table(item, f"hubs[{i}]"), base=base, default_endpoint=default_endpoint, store_path=store_path
+        )
         for i, item in enumerate(raw)
     )
     seen: set[str] = set()
@@ -437,9 +473,12 @@ def parse_config(
     base = (base_dir or Path.cwd()).resolve()
     default_endpoint = (env.get(HF_ENDPOINT_ENV) or PUBLIC_HF_ENDPOINT).rstrip("/")
     top = _Table(dict(data), "")
+    store = _parse_store(top.table("store"), base)
     config = Config(
-        store=_parse_store(top.table("store"), base),
-        hubs=_parse_hubs(top.raw("hubs"), base=base, default_endpoint=default_endpoint),
+        store=store,
+        hubs=_parse_hubs(
+            top.raw("hubs"), base=base, default_endpoint=default_endpoint, store_path=store.path
+        ),
         alerts=_parse_alerts(top.table("alerts"), base=base),
         fingerprint=_parse_fingerprint(top.table("fingerprint"), base=base),
         executor=_parse_executor(top.table("executor")),

@@ -44,6 +44,10 @@ api_requests_per_window = 1000       # our own ceiling (HF: 5-minute windows)
 resolver_requests_per_window = 5000
 rate_window = "5m"
 timeout = "30s"                      # per HTTP request
+# allowed_storage_hosts = [".hf.co"] # where LFS redirects may lead ("." = subdomains; may be private);
+#                                    # unset: any host, but only if all its addresses are public
+# rate_state_file = "hubsentry.db.ratelimit-huggingface.json"   # the default: request history shared by
+#                                    # the processes on this host, so the ceilings hold across restarts
 
 [alerts]
 min_verdict = "derived"              # or "inconclusive"
@@ -122,6 +126,12 @@ def _hub_lines(hub: HubConfig, environ: Mapping[str, str] | None) -> list[str]:
         f"resolver_requests_per_window = {hub.resolver_requests_per_window}",
         f"rate_window = {_q(format_duration(hub.rate_window_s))}",
         f"timeout = {_q(format_duration(hub.timeout_s))}",
+        (
+            "# allowed_storage_hosts not set: storage redirects may go to any host whose addresses are public"
+            if hub.allowed_storage_hosts is None
+            else f"allowed_storage_hosts = [{', '.join(_q(h) for h in hub.allowed_storage_hosts)}]"
+        ),
+        f"rate_state_file = {_q(hub.rate_state_file) if hub.rate_state_file is not None else _q('')}",
         "",
     ]
 

@@ -166,18 +166,26 @@ def _ensure_hooks() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def map_hf_error(exc: BaseException, *, what: str) -> HubError:
+def map_hf_error(exc: BaseException, *, what: str, pinned_commit: str | None = None) -> HubError:
     """Translate a huggingface_hub / httpx2 error into the `monitor.errors` hierarchy.
 
     Args:
         exc: the exception raised by an `HfApi` call.
         what (`str`): the call, for the message (``"model_info acme/m"``).
+        pinned_commit (`str | None`): the commit the call asked for, when it asked for one. The hub
+            answers ``RevisionNotFound`` (not ``RepoNotFound``) when the repo exists but that commit does
+            not any more (history rewritten, force-push): that is `CommitMoved`, so the worker scans the
+            new head instead of recording the upload as gone.
     """
     if isinstance(exc, HubError):
         return exc
     text = " ".join(str(exc).split())[:500]
     if isinstance(exc, GatedRepoError):
         return GatedRepo(f"{what}: gated or private repo: {text}")
+    if pinned_commit is not None and isinstance(exc, RevisionNotFoundError):
+        return CommitMoved(
+            f"{what}: commit {pinned_commit} is gone but the repo exists (history rewritten): {text}"
+        )
     if isinstance(exc, RepositoryNotFoundError | RevisionNotFoundError | EntryNotFoundError):
         return NotFound(f"{what}: {text}")
     if isinstance(exc, DisabledRepoError):
@@ -307,7 +315,7 @@ class HuggingFaceSource:
         finally:
             _SCOPE.reset(token)
 
-    def _call(self, fn: Callable[[], T], *, what: str) -> T:
+    def _call(self, fn: Callable[[], T], *, what: str, pinned_commit: str | None = None) -> T:
         """Run one non-retrying API call with the limiter, a deadline and bounded retries."""
         deadline = time.monotonic() + self._retry.max_wait_s
         attempt = 0
@@ -317,7 +325,7 @@ class HuggingFaceSource:
                 with self._scope(deadline):
                     return fn()
             except (HubError, *_MAPPED) as exc:
-                error = map_hf_error(exc, what=what)
+                error = map_hf_error(exc, what=what, pinned_commit=pinned_commit)
                 if error is not exc:
                     error.__cause__ = exc
             retryable = isinstance(error, TransientHubError | RateLimited)
@@ -391,7 +399,8 @@ class HuggingFaceSource:
         Raises:
             `ValueError`: ``repo_id`` or ``revision`` is malformed (nothing was sent).
             `NotFound`, `GatedRepo`, `RateLimited`, `TransientHubError`, `HubError`.
-            `CommitMoved`: a commit was asked for and the hub answered with another one.
+            `CommitMoved`: a commit was asked for and the hub answered with another one, or the hub
+                says that commit no longer exists in a repo that still does (history rewritten).
         """
         repo_id = validate_model_repo_id(repo_id)
         if revision is not None:
@@ -402,6 +411,7 @@ class HuggingFaceSource:
                 repo_id, revision=revision, files_metadata=True, timeout=self._api_timeout_s
             ),
             what=what,
+            pinned_commit=revision if revision is not None and is_commit(revision) else None,
         )
         try:
             commit = validate_commit(info.sha)
@@ -457,8 +467,10 @@ class HuggingFaceSource:
         return f"{self.endpoint}/{validate_model_repo_id(repo_id)}/tree/{validate_commit(commit)}"
 
     def close(self) -> None:
-        """Close the ranged-read client (the shared huggingface_hub session stays open)."""
+        """Close the ranged-read client and hand the limiter's share of a shared request history back
+        (the shared huggingface_hub session stays open)."""
         self._http.close()
+        self.limiter.close()
 
     def __enter__(self) -> HuggingFaceSource:
         return self

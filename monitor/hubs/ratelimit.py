@@ -1,4 +1,4 @@
-"""One request limiter per hub, with the Hub's own buckets and fixed windows.
+"""One request limiter per hub, with the Hub's own buckets and a sliding window shared across processes.
 
 The Hugging Face Hub counts requests per client in 5-minute fixed windows, separately for the
 *API* bucket (``/api/…``) and the *Resolvers* bucket (``/resolve/…``) (hub-api.md §7). A daemon
@@ -8,8 +8,14 @@ its paginated listings — first takes a slot from `HubRateLimiter.acquire`.
 
 The limiter is conservative by construction:
 
-* each bucket allows at most ``limit`` requests per local window, and a local window is never
-  shorter than the configured one, whatever the hub says;
+* each bucket allows at most ``limit`` requests in *any* span of ``window_s`` (a sliding window: we do
+  not know where the hub's fixed windows start, and a fixed window of ours could let two ceilings'
+  worth through in one of the hub's), counting each request for `ARRIVAL_MARGIN_S` longer to cover
+  the time between taking the slot and the hub receiving the request; the window is never shorter
+  than the configured one, whatever the hub says;
+* with a `monitor.hubs.ratestate.RateStateFile` (the daemon's default, next to the database) the
+  window holds every process's requests on this host, so restarts, crashes and ``hubsentry scan``
+  beside the daemon stay inside the one ceiling;
 * what the hub says (``RateLimit: "api";r=R;t=T``, ``RateLimit-Policy: …;q=Q;w=W``, 429 with
   ``Retry-After``) can only make it stricter: a lower limit, a longer window, no request until
   the hub's reset once it says ``r=0`` (or once our own requests used up its ``R``), a pause
@@ -23,6 +29,7 @@ Defaults (hub-api.md §7): anonymous 500 API / 3,000 resolver requests per 300 s
 
 from __future__ import annotations
 
+import bisect
 import email.utils
 import logging
 import math
@@ -37,10 +44,12 @@ import httpx2
 from huggingface_hub.utils import parse_ratelimit_headers
 
 from monitor.errors import RateLimited
+from monitor.hubs.ratestate import RateStateFile
 from monitor.validate import origin_of
 
 __all__ = [
     "ANONYMOUS_LIMITS",
+    "ARRIVAL_MARGIN_S",
     "BUCKETS",
     "DEFAULT_429_WAIT_S",
     "DEFAULT_WINDOW_S",
@@ -68,6 +77,11 @@ ANONYMOUS_LIMITS = {"api": 500, "resolvers": 3000}
 
 TOKEN_LIMITS = {"api": 1000, "resolvers": 5000}
 """Requests per window with a free-user token."""
+
+ARRIVAL_MARGIN_S = 1.0
+"""A request counts against the ceiling for ``window + ARRIVAL_MARGIN_S`` seconds: the hub counts it when it
+arrives, a moment after we took its slot, and a request held up in connecting must not let the next one
+into the same hub window."""
 
 DEFAULT_429_WAIT_S = 10.0
 """How long a bucket stays closed after a 429 that carried no hint of when to retry."""
@@ -126,8 +140,10 @@ class BucketState:
 
     Attributes:
         limit (`int`), window_s (`float`): the effective policy (configured, tightened by the hub).
-        used (`int`): our requests counted in our current window.
-        resets_in_s (`float | None`): seconds until our current window ends (None: none open).
+        used (`int`): requests counted in our window (this process's, and the other processes' when
+            the history is shared).
+        resets_in_s (`float | None`): seconds until the oldest counted request leaves the window (None:
+            nothing counted).
         hub_remaining (`int | None`): requests the hub last said we have left (None: unknown or
             its window has reset since).
         blocked_for_s (`float`): seconds the hub asked us to stay away (429 or ``r=0``).
@@ -152,19 +168,25 @@ class BucketState:
 class _Bucket:
     """Mutable per-bucket state; only touched under the limiter's lock.
 
-    Two independent views are kept. *Our window* counts our own requests against our ceiling
-    and is never shortened by anything the hub says, which is what guarantees the configured
-    budget. *The hub's view* (remaining count and reset time from ``RateLimit``, blocks from
-    429/``r=0``) can only add waits: it covers requests we cannot see (other processes on the
-    same IP or token) and hub limits lower than ours.
+    Two independent views are kept. *Our window* counts requests against our ceiling over the last
+    ``window_s + ARRIVAL_MARGIN_S`` seconds (sliding) and is never shortened by anything the hub says,
+    which is what guarantees the configured budget in every span of that length — so also in the hub's
+    own fixed windows, wherever they start. It holds our requests and, with a shared state file, every
+    other process's (`monitor.hubs.ratestate`), as ``(time, count)`` slots sorted by time. *The hub's view*
+    (remaining count and reset time from ``RateLimit``, blocks from 429/``r=0``) can only add waits: it
+    covers requests we cannot see (other hosts on the same IP or token) and hub limits lower than ours.
     """
 
     def __init__(self, policy: BucketPolicy) -> None:
         self.policy = policy
         self.hub_limit: int | None = None
         self.hub_window_s: float | None = None
-        self.window_end: float | None = None
+        self.slots: list[tuple[float, int]] = []
         self.used = 0
+        self.unsynced: list[float] = []
+        self.block_left: int | None = None
+        """Requests left in the block claimed from the shared history (None: not sharing, or the file could
+        not be used at the last exchange: this process limits itself alone)."""
         self.hub_remaining: int | None = None
         self.hub_reset = 0.0
         self.blocked_until = 0.0
@@ -183,40 +205,72 @@ class _Bucket:
     def window_s(self) -> float:
         return max(self.policy.window_s, self.hub_window_s or 0.0)
 
+    @property
+    def counts_for_s(self) -> float:
+        """How long one request counts against the ceiling."""
+        return self.window_s + ARRIVAL_MARGIN_S
+
+    @property
+    def block_size(self) -> int:
+        """Requests claimed at once from a shared history (1 % of the ceiling, 1 to 10)."""
+        return max(1, min(10, self.limit // 100))
+
     def refresh(self, now: float) -> None:
-        if self.window_end is not None and now >= self.window_end:
-            self.window_end = None
-            self.used = 0
+        horizon = now - self.counts_for_s
+        expired = 0
+        while expired < len(self.slots) and self.slots[expired][0] <= horizon:
+            self.used -= self.slots[expired][1]
+            expired += 1
+        if expired:
+            del self.slots[:expired]
         if self.hub_remaining is not None and now >= self.hub_reset:
             self.hub_remaining = None
 
     def wait_needed(self, now: float) -> float:
         """Seconds until a request may be sent (0: now)."""
         wait = max(0.0, self.blocked_until - now)
-        if self.used >= self.limit and self.window_end is not None:
-            wait = max(wait, self.window_end - now)
+        if self.used >= self.limit:
+            excess = self.used - self.limit + 1  # requests that must leave the window first
+            for moment, count in self.slots:
+                excess -= count
+                if excess <= 0:
+                    wait = max(wait, moment + self.counts_for_s - now)
+                    break
         if self.hub_remaining is not None and self.hub_remaining <= 0:
             wait = max(wait, self.hub_reset - now)
         return wait
 
     def take(self, now: float) -> None:
-        if self.window_end is None:
-            self.window_end = now + self.window_s
-            self.used = 0
+        bisect.insort(self.slots, (now, 1))
         self.used += 1
+        self.unsynced.append(now)
+        if self.block_left is not None:
+            self.block_left -= 1
         self.granted += 1
         if self.hub_remaining is not None:
             self.hub_remaining -= 1
 
+    def replace_history(self, slots: list[tuple[float, int]], block: int, now: float) -> None:
+        """Adopt the shared history (it holds our written requests too) and the block just claimed."""
+        self.slots = sorted(slots)
+        self.used = sum(count for _, count in self.slots)
+        self.unsynced = []
+        self.block_left = block
+        self.refresh(now)
+
 
 class HubRateLimiter:
-    """A thread-safe fixed-window limiter with one bucket per Hub rate-limit class.
+    """A thread-safe sliding-window limiter with one bucket per Hub rate-limit class.
 
     Args:
         policies (`Mapping[str, BucketPolicy]`): our ceiling per bucket; buckets not named here
             are not limited (requests outside ``/api/`` and ``/resolve/``).
         name (`str`): the hub's configured name, used in messages.
         clock (`Clock`, *optional*): time source; `SystemClock` by default.
+        state (`RateStateFile`, *optional*): share the request history with the other processes
+            using that file: requests are sent out of small blocks claimed from it (see
+            `monitor.hubs.ratestate`), so all of them together stay under the ceiling; `close` gives the
+            unused rest back. None: this process counts only its own requests.
 
     Example:
         ```python
@@ -228,12 +282,19 @@ class HubRateLimiter:
     """
 
     def __init__(
-        self, policies: Mapping[str, BucketPolicy], *, name: str = "hub", clock: Clock | None = None
+        self,
+        policies: Mapping[str, BucketPolicy],
+        *,
+        name: str = "hub",
+        clock: Clock | None = None,
+        state: RateStateFile | None = None,
     ) -> None:
         self.name = name
         self._clock: Clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._buckets = {bucket: _Bucket(policy) for bucket, policy in policies.items()}
+        self._state = state
+        self._exchanged_at: float | None = None  # monotonic time of the last exchange (None: never)
 
     @classmethod
     def default(
@@ -245,6 +306,7 @@ class HubRateLimiter:
         window_s: float = DEFAULT_WINDOW_S,
         name: str = "hub",
         clock: Clock | None = None,
+        state: RateStateFile | None = None,
     ) -> HubRateLimiter:
         """The documented Hub limits for anonymous or token clients, with optional overrides.
 
@@ -253,6 +315,7 @@ class HubRateLimiter:
             api, resolvers (`int`, *optional*): our own ceilings per window (config
                 ``api_requests_per_window`` / ``resolver_requests_per_window``).
             window_s (`float`): window length; the Hub uses 300 s.
+            state (`RateStateFile`, *optional*): the shared request history (config ``rate_state_file``).
         """
         base = TOKEN_LIMITS if authenticated else ANONYMOUS_LIMITS
         return cls(
@@ -264,6 +327,7 @@ class HubRateLimiter:
             },
             name=name,
             clock=clock,
+            state=state,
         )
 
     @property
@@ -297,8 +361,12 @@ class HubRateLimiter:
                 if stop is not None and stop.is_set():
                     state.refused += 1
                     raise RateLimited(f"{self.name}: stopping; no '{bucket}' request sent", retry_after_s=0.0)
+                if self._state is not None and self._exchange_due(state, now):
+                    self._exchange(now)
                 state.refresh(now)
                 wait = state.wait_needed(now)
+                if wait <= 0 and state.block_left == 0:  # the shared ceiling is reached
+                    wait = 0.05  # (wait_needed says when; this only guards against a zero wait)
                 if wait <= 0:
                     state.take(now)
                     waited = now - start
@@ -308,7 +376,8 @@ class HubRateLimiter:
                     state.refused += 1
                     raise RateLimited(
                         f"{self.name}: '{bucket}' bucket is closed for {wait:.1f} s more (budget "
-                        f"{state.limit} per {state.window_s:g} s, {state.used} used); this call may only "
+                        f"{state.limit} per {state.window_s:g} s, {state.used} used"
+                        f"{' by all processes' if self._state is not None else ''}); this call may only "
                         f"wait {max_wait_s:g} s",
                         retry_after_s=wait,
                     )
@@ -359,6 +428,43 @@ class HubRateLimiter:
                 )
         return wait
 
+    def _exchange_due(self, bucket: _Bucket, now: float) -> bool:
+        """A new block is needed: none yet, this one is used up, or it lapsed (its interval passed)."""
+        assert self._state is not None
+        if self._exchanged_at is None or now - self._exchanged_at >= self._state.sync_interval_s:
+            return True
+        return bucket.block_left is not None and bucket.block_left <= 0
+
+    def _exchange(self, now: float, *, leaving: bool = False) -> None:
+        """Write our requests, claim new blocks, adopt the shared history (under ``self._lock``). If the
+        file cannot be used, every bucket limits this process alone until the next exchange."""
+        assert self._state is not None
+        offset = self._state.wall() - now  # monotonic -> wall clock
+        result = self._state.exchange(
+            windows={name: b.counts_for_s for name, b in self._buckets.items()},
+            limits={name: b.limit for name, b in self._buckets.items()},
+            new={name: [t + offset for t in b.unsynced] for name, b in self._buckets.items()},
+            want={name: b.block_size for name, b in self._buckets.items()},
+            leaving=leaving,
+        )
+        self._exchanged_at = now
+        for name, bucket in self._buckets.items():
+            if result is None:
+                bucket.block_left = None
+            else:
+                history = [(t - offset, count) for t, count in result.history.get(name, [])]
+                bucket.replace_history(history, result.blocks.get(name, 0), now)
+
+    def close(self) -> None:
+        """Write this process's requests to the shared history and give its unused block back (clean stop;
+        idempotent, a no-op without a state file). The limiter keeps working afterwards."""
+        if self._state is None:
+            return
+        with self._lock:
+            if self._exchanged_at is not None:
+                self._exchange(self._clock.monotonic(), leaving=True)
+                self._exchanged_at = None
+
     def state(self, bucket: str) -> BucketState:
         """A snapshot of one bucket (raises `KeyError` for an unknown bucket)."""
         state = self._buckets[bucket]
@@ -369,7 +475,7 @@ class HubRateLimiter:
                 limit=state.limit,
                 window_s=state.window_s,
                 used=state.used,
-                resets_in_s=None if state.window_end is None else state.window_end - now,
+                resets_in_s=state.slots[0][0] + state.counts_for_s - now if state.slots else None,
                 hub_remaining=state.hub_remaining,
                 blocked_for_s=max(0.0, state.blocked_until - now),
                 granted=state.granted,

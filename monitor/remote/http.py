@@ -13,6 +13,8 @@ What is verified, and what it raises when it fails:
 check                                                 error
 ====================================================  ============================================
 ``X-Repo-Commit`` on hub answers == pinned commit     `CommitMoved`
+the pinned commit still exists (not                   `CommitMoved`
+  ``RevisionNotFound``)
 size (``X-Linked-Size``, ``Content-Range`` total)     `CommitMoved`
   == the listed size
 ETag / ``X-Linked-Etag`` stable across reads, and     `CommitMoved`
@@ -20,7 +22,7 @@ ETag / ``X-Linked-Etag`` stable across reads, and     `CommitMoved`
 status 200 to a ranged request                        `RangeIgnored` (body never read)
 ``Content-Range`` is exactly ``bytes a-b/size``       `TransientHubError` (retried)
 body length == requested length                       `TransientHubError` (retried)
-404 / 401 / 403 / 429 / 5xx / 416 from the hub        `NotFound` / `GatedRepo` / `RateLimited` /
+other 404 / 401 / 403 / 429 / 5xx / 416 from the hub  `NotFound` / `GatedRepo` / `RateLimited` /
                                                       `TransientHubError` / `CommitMoved`
 ====================================================  ============================================
 
@@ -358,6 +360,8 @@ class HttpRangeSource:
             return HubError(f"{message}; storage refused the URL the hub signed")
         if code == "GatedRepo":
             return GatedRepo(message)
+        if is_hub and code == "RevisionNotFound":  # the repo exists, the pinned commit does not any more
+            return CommitMoved(f"{message}; the repo was rewritten since the snapshot, re-snapshot it")
         if code in ("RepoNotFound", "RevisionNotFound", "EntryNotFound") or status == 404:
             return NotFound(message)
         if status in (401, 403):

@@ -10,13 +10,18 @@ headers back to it.
 `HubHttpClient.open` is the only place a request leaves: it adds ``Authorization`` only for the
 configured hub origin (never for storage hosts, whatever they are), maps transport failures to
 `TransientHubError`, and always closes the response, so a 200 to a ranged request is aborted
-without reading its body.
+without reading its body. For storage hosts it also checks the address the connection actually went to
+(`RedirectPolicy.refusal`): the redirect was checked against what the name resolved to then, and a DNS
+answer that changed in between (rebinding) must not reach a private or link-local address. Behind an
+HTTP proxy (``*_proxy`` environment variables) the proxy resolves storage names, so only the redirect
+check applies.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -134,6 +139,7 @@ class HubHttpClient:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._closed = False
+        self._check_peers = not urllib.request.getproxies()
 
     @property
     def authenticated(self) -> bool:
@@ -163,7 +169,8 @@ class HubHttpClient:
         Raises:
             `RateLimited`: no hub slot before ``deadline``, or stopping.
             `TransientHubError`: connect/read timeout, reset, protocol error, no free host slot.
-            `HubError`: the client is closed.
+            `HubError`: the client is closed, or a storage connection reached an address the redirect
+                policy refuses (nothing of its body is read).
         """
         if self._closed:
             raise HubError(f"{self.endpoint}: the HTTP client is closed")
@@ -191,11 +198,28 @@ class HubHttpClient:
             try:
                 if is_hub and self.limiter is not None:
                     self.limiter.observe(bucket, response.headers, status=response.status_code)
+                if not is_hub:
+                    self._check_peer(url, response)
                 yield response
             finally:
                 response.close()
         finally:
             gate.release()
+
+    def _check_peer(self, url: httpx2.URL, response: httpx2.Response) -> None:
+        """Refuse a storage answer that came from an address the policy forbids (see the module docstring)."""
+        if not self._check_peers or self.redirects.vouched(url.host):
+            return
+        stream = response.extensions.get("network_stream")
+        peer = stream.get_extra_info("server_addr") if stream is not None else None
+        if not peer:  # not a socket (a test transport): nothing to check
+            return
+        why = self.redirects.refusal(str(peer[0]))
+        if why is not None:
+            raise HubError(
+                f"{redact_url(url)}: refused: the connection went to {peer[0]}, {why} (the host's DNS answer "
+                "changed since the redirect was checked?); nothing was read"
+            )
 
     def map(self, fn: Callable[[T], bytes], items: Sequence[T]) -> list[bytes]:
         """Run ``fn`` over ``items`` on the worker threads; results in order.

@@ -179,6 +179,23 @@ def m002_core_tables(db: Database) -> None:
         db.execute(statement)
 
 
+@_migration()
+def m003_sink_health(db: Database) -> None:
+    """Per alert sink: consecutive delivery failures since its last success (the retry backoff's base)."""
+    db.execute(
+        """
+        CREATE TABLE sink_health (
+            sink TEXT PRIMARY KEY,
+            failures INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0),
+            last_failure_at TEXT,
+            last_error TEXT,
+            last_success_at TEXT,
+            updated_at TEXT NOT NULL
+        ) STRICT
+        """
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class MigrationStatus:
     """One migration: its name and when it was applied (``None``: pending)."""

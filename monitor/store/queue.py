@@ -12,7 +12,8 @@ Lifecycle of a ``work_items`` row::
 * ``claim_due`` takes a *lease* (owner + expiry) and counts the attempt up front, so an item whose
   processing crashes the whole process still runs out of attempts instead of crash-looping forever;
   a lease that expired (its worker died) makes the item claimable again. The worker renews the leases
-  of items it is still processing.
+  of items it is still processing. ``reclaim_orphaned`` expires at once the leases of owners known to be
+  dead (a restarted daemon on the same host), instead of waiting for the lease.
 * Every state change after the claim checks the lease owner; a worker that lost its lease gets
   `LeaseLostError` and its transaction (outcome, alerts, outbox) is rolled back, because the new owner
   will record the same outcome.
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -49,7 +50,9 @@ __all__ = [
     "get_item",
     "list_items",
     "next_due_at",
+    "next_due_by_hub",
     "queue_counts",
+    "reclaim_orphaned",
     "release",
     "renew_leases",
     "requeue",
@@ -247,6 +250,39 @@ def renew_leases(db: Database, ids: Sequence[int], *, owner: str, lease_s: float
     return lost
 
 
+def reclaim_orphaned(
+    db: Database, *, is_dead: Callable[[str, datetime], bool], now: datetime
+) -> dict[str, list[int]]:
+    """Expire now the live leases whose owner ``is_dead(owner, claimed_at)`` says is gone for sure.
+
+    The items become claimable at once through the usual expired-lease path of `claim_due` (the crashed
+    attempt stays counted, so an item that kills its worker still ends ``dead``). Returns the ids reclaimed,
+    by owner.
+    """
+    stamp = to_iso(now)
+    rows = db.execute(
+        "SELECT id, lease_owner, started_at FROM work_items "
+        "WHERE state = 'running' AND lease_owner IS NOT NULL AND lease_expires_at > ?",
+        [stamp],
+    ).fetchall()
+    verdicts: dict[tuple[str, str | None], bool] = {}
+    reclaimed: dict[str, list[int]] = {}
+    for item_id, owner, started_at in rows:
+        key = (owner, started_at)
+        if key not in verdicts:
+            verdicts[key] = is_dead(owner, _required_time(started_at)) if started_at else False
+        if not verdicts[key]:
+            continue
+        cursor = db.execute(
+            "UPDATE work_items SET lease_expires_at = ? "
+            "WHERE id = ? AND state = 'running' AND lease_owner = ?",
+            [stamp, item_id, owner],
+        )
+        if cursor.rowcount:
+            reclaimed.setdefault(owner, []).append(item_id)
+    return reclaimed
+
+
 def _owned(db: Database, item_id: int, owner: str | None) -> None:
     if owner is None:
         return
@@ -400,3 +436,18 @@ def next_due_at(db: Database) -> datetime | None:
         "SELECT MIN(next_attempt_at) FROM work_items WHERE state IN ('pending', 'failed')"
     ).fetchone()
     return from_iso(row[0]) if row and row[0] else None
+
+
+def next_due_by_hub(db: Database) -> dict[str, datetime]:
+    """Per hub, when its next item becomes claimable: the earliest retry of a pending/failed item or the
+    earliest lease expiry of a running one (its worker may have died). Hubs with nothing waiting are left out.
+    """
+    rows = db.execute(
+        "SELECT hub, MIN(due) FROM ("
+        "  SELECT hub, next_attempt_at AS due FROM work_items WHERE state IN ('pending', 'failed')"
+        "  UNION ALL"
+        "  SELECT hub, lease_expires_at AS due FROM work_items"
+        "  WHERE state = 'running' AND lease_expires_at IS NOT NULL"
+        ") GROUP BY hub"
+    ).fetchall()
+    return {hub: _required_time(due) for hub, due in rows if due}
