@@ -113,10 +113,10 @@ def _findings(rows: Sequence[dict[str, Any]]) -> list[str]:
                 f"{r['shape']} sharded safetensors ({r['label']}): {len(read)} of {n_files} shard headers read, "
                 f"{cost} requests (redirect and header each): `ModelView` knows a sharded checkpoint from its "
                 "index and parses a shard's header when one of its tensors is first needed, so only the shards "
-                "holding the embedding and the sampled layers are opened. Each costs two sequential rounds "
-                "(redirect, then header), and `read_sample` opens them one sampled layer after the other (it "
-                "looks at each layer's `up`, `down` and `gate` in turn); `ModelView.prepare` over the sampled "
-                "layers' keys would open them together."
+                "holding the embedding and the sampled layers are opened; the sampled layers come as pairs of "
+                "consecutive layers kept inside one shard (from the index), and `read_sample` opens their "
+                "shards together (`ModelView.prepare`). Each shard costs two sequential rounds (redirect, then "
+                "header)."
             )
         if lazy["requests"]:
             n = lazy["unused_files"]

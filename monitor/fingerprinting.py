@@ -187,25 +187,36 @@ def _unit_source(view: ModelView, layer: int) -> tuple[str, str]:
     raise UnsupportedFormat(f"layer {layer}: no MLP tensor found")
 
 
+def _layer_files(view: ModelView, layer: int) -> set[str]:
+    return set(view.files_of(f"layers.{layer}.mlp.up")) | set(view.files_of(f"layers.{layer}.mlp_norm"))
+
+
 def _same_shard_pairs(view: ModelView, layers: list[int]) -> list[int]:
-    """Shift a consecutive pair ``(a, a+1)`` to ``(a-1, a)`` when only the latter shares one weight shard.
+    """Move each consecutive pair ``(a, a+1)`` to the nearest pair whose tensors sit in one weight shard.
 
     `choose_layers` samples pairs of consecutive layers so that a pair costs one shard header; a pair
-    straddling a shard boundary costs two. Which layers are tested does not affect the tests' validity.
+    straddling a shard boundary costs two. The shard layout is read from the index (no header is parsed);
+    which layers are tested does not affect the tests' validity, and the secret still picks the region.
     """
+    n = view.arch.n_layers
     out = list(layers)
-    for i in range(len(out) - 1):
+    taken = set(out)
+    for i in range(0, len(out) - 1):
         a, b = out[i], out[i + 1]
-        if b != a + 1 or a == 0 or (a - 1) in out:
+        if b != a + 1:
             continue
-        here = view.files_of(f"layers.{a}.mlp.up")
-        if (
-            here
-            and here != view.files_of(f"layers.{b}.mlp.up")
-            and here == view.files_of(f"layers.{a - 1}.mlp.up")
-        ):
-            out[i], out[i + 1] = a - 1, a
-    return out
+        here = _layer_files(view, a)
+        if not here or len(here | _layer_files(view, b)) == 1:
+            continue
+        for x in (a - 1, a + 1, a - 2, a + 2):
+            if x >= 0 and x + 1 < n and not ({x, x + 1} & (taken - {a, b})):
+                files = _layer_files(view, x) | _layer_files(view, x + 1)
+                if len(files) == 1:
+                    taken -= {a, b}
+                    taken |= {x, x + 1}
+                    out[i], out[i + 1] = x, x + 1
+                    break
+    return sorted(out)
 
 
 def read_sample(
@@ -243,8 +254,8 @@ def read_sample(
     if len(ids):
         plan.append(("embed", ids[order].tolist(), None))
     picks: list[tuple[int, str, int, bool]] = []  # (layer, kind, start, has_gain)
-    sampled_layers = choose_layers(
-        secret, suspect_key=suspect_key, n_layers=view.arch.n_layers, k=settings.layers
+    sampled_layers = _same_shard_pairs(
+        view, choose_layers(secret, suspect_key=suspect_key, n_layers=view.arch.n_layers, k=settings.layers)
     )
     # One round trip for the shard headers of every sampled layer, instead of one per shard.
     view.prepare([f"layers.{i}.{k}" for i in sampled_layers for k in ("mlp.up", "mlp_norm")])
