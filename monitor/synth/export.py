@@ -8,6 +8,7 @@ llama.cpp's ``convert_hf_to_gguf.py`` conventions that HubSentry must undo when 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -97,6 +98,7 @@ def save_gguf(
 ) -> Path:
     """A llama.cpp-style GGUF of a Llama-family state dict; norms stay F32, matrices use ``qtype``."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # its per-file INFO lines are noise to our users
     w = GGUFWriter(str(path), "llama")
     w.add_name(name)
     w.add_block_count(config.num_hidden_layers)
