@@ -4,7 +4,8 @@ For each shape a protected model is registered from disk and suspects are publis
 every request (API, resolver, CDN) is delayed by ``--latency-ms``; each suspect is then scanned by the daemon's
 own code (`monitor.pipeline.scan_snapshot`: snapshot, exact-file tier, structure, budgeted sample, tests) and
 the hub's request log is broken down by purpose: weight headers, redirects, config/index, tokenizer,
-embedding rows, MLP unit rows, norm gains.
+embedding rows, MLP unit rows, norm gains, and the attention rows the confirmation tier reads for flagged
+candidates.
 
 * **bert**: the protected model is the real all-MiniLM-L6-v2 (`monitor.synth.assets`); the suspects are real
   files derived from it here: its int8 round trip saved as BF16 safetensors, a llama.cpp-layout GGUF Q4_K_M of
@@ -53,7 +54,7 @@ from benchmarks.bytes_report import machine, render_markdown, update_docs
 from fingerprints import ReferenceFingerprint, signature
 from monitor.config.parse import parse_config
 from monitor.findings import ALGO
-from monitor.fingerprinting import build_reference
+from monitor.fingerprinting import add_attention, build_reference
 from monitor.formats.canonical import ModelView
 from monitor.pipeline import build_context, scan_snapshot
 from monitor.references import load_reference, save_reference
@@ -81,6 +82,7 @@ CATEGORIES = (
     "embeddings",
     "MLP units",
     "norm gains",
+    "attention (confirmation)",
     "other tensors",
     "gaps",
     "other files",
@@ -91,7 +93,9 @@ _TOKENIZER_FILES = re.compile(r"(^|/)(tokenizer\.json|tokenizer\.model|vocab\.tx
 
 # --------------------------------------------------------------------------------------------- references
 def _reference_key(fileset: LocalFileSet, settings: Any) -> str:
-    h = hashlib.sha256(f"{ALGO}|{SECRET}|{json.dumps(asdict(settings), sort_keys=True)}".encode())
+    # What the reference depends on (the attention tier's head count only affects what suspects read).
+    shaping = {k: v for k, v in asdict(settings).items() if k != "attention_heads"}
+    h = hashlib.sha256(f"{ALGO}|{SECRET}|{json.dumps(shaping, sort_keys=True)}".encode())
     for path, entry in sorted(fileset.files.items()):
         digest = fileset.sha256(path) if path.endswith(WEIGHT_SUFFIXES) else entry.blob_id or ""
         h.update(f"\n{path}|{entry.size}|{digest}".encode())
@@ -116,7 +120,22 @@ def reference(case: Case, cache: Path, settings: Any) -> tuple[ReferenceFingerpr
                 print(
                     f"[{case.shape}] reference cached ({record['seconds']:.0f} s to build on {record['built_at']})"
                 )
-                return load_reference(path, sha256=record["sha256"]), path, record
+                ref = load_reference(path, sha256=record["sha256"])
+                if ref.attention:
+                    return ref, path, record
+                # Cached before the attention tier: complete it (reads q/k/v only, not the MLPs again).
+                print(f"[{case.shape}] adding attention profiles to the cached reference...")
+                t0 = time.monotonic()
+                ref = add_attention(ref, ModelView.open(fileset))
+                path, sha = save_reference(ref, folder)
+                record |= {
+                    "path": str(path),
+                    "sha256": sha,
+                    "attention_seconds": round(time.monotonic() - t0, 1),
+                    "reference_bytes": path.stat().st_size,
+                }
+                record_path.write_text(json.dumps(record, indent=2) + "\n")
+                return ref, path, record
         print(f"[{case.shape}] building the reference from {case.protected_dir} (reads the model in full)...")
         t0 = time.monotonic()
         view = ModelView.open(fileset)
@@ -228,6 +247,8 @@ def _category(key: str) -> str:
         return "embeddings"
     if ".mlp." in key:
         return "MLP units"
+    if ".attn." in key:
+        return "attention (confirmation)"
     if key.endswith("_norm"):
         return "norm gains"
     return "other tensors"

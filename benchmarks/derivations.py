@@ -97,6 +97,8 @@ def llama_cases(
         Derived("head permutation", "obfuscation", T.permute_heads(base, rng, head_dim=hd), tokens),
         Derived("Q/K and V/O rescaling", "obfuscation", T.rescale_attention(base, rng, head_dim=hd), tokens),
         Derived("per-head V/O rotation", "obfuscation", T.rotate_heads_vo(base, rng, head_dim=hd), tokens),
+        Derived("per-head Q/K rotation", "obfuscation", T.rotate_heads_qk(base, rng, head_dim=hd), tokens),
+        Derived("value dims permuted", "obfuscation", T.permute_value_dims(base, rng, head_dim=hd), tokens),
         Derived(
             "norm folding + residual rotation", "obfuscation", T.fold_norms_and_rotate(base, rng), tokens
         ),
@@ -143,11 +145,15 @@ def llama_cases(
             tokens,
         ),
         Derived(
-            "heads + rescaling + V/O rotation + int8",
+            "heads + rescaling + Q/K and V/O rotation + int8",
             "composite",
             T.quantize_int8_rows(
-                T.rotate_heads_vo(
-                    T.rescale_attention(T.permute_heads(base, rng, head_dim=hd), rng, head_dim=hd),
+                T.rotate_heads_qk(
+                    T.rotate_heads_vo(
+                        T.rescale_attention(T.permute_heads(base, rng, head_dim=hd), rng, head_dim=hd),
+                        rng,
+                        head_dim=hd,
+                    ),
                     rng,
                     head_dim=hd,
                 )
@@ -166,9 +172,17 @@ def llama_cases(
             *T.vocab_reorder(T.sign_flip_residual(T.permute_mlp_units(base, rng), rng), tokens, rng=rng),
         ),
         Derived(
-            "residual rotation + MLP permutation (all groups relabelled)",
-            "theoretical limit",
+            "residual rotation + MLP permutation (value dims kept)",
+            "obfuscation",
             T.permute_mlp_units(T.fold_norms_and_rotate(base, rng), rng),
+            tokens,
+        ),
+        Derived(
+            "residual rotation + MLP and value-dim permutation (all groups relabelled)",
+            "theoretical limit",
+            T.permute_value_dims(
+                T.permute_mlp_units(T.fold_norms_and_rotate(base, rng), rng), rng, head_dim=hd
+            ),
             tokens,
             expect="limit",
         ),
@@ -212,6 +226,9 @@ def bert_cases(
         ),
         Derived(
             "per-head V/O rotation", "obfuscation", T.rotate_heads_vo(base, rng, head_dim=head_dim), tokens
+        ),
+        Derived(
+            "per-head Q/K rotation", "obfuscation", T.rotate_heads_qk(base, rng, head_dim=head_dim), tokens
         ),
         Derived("vocabulary reordered", "vocabulary change", re_state, re_tokens),
         Derived(

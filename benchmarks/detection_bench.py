@@ -34,7 +34,7 @@ import numpy as np
 from benchmarks import corpus as corpus_mod
 from benchmarks.derivations import Derived, bert_cases, llama_cases
 from fingerprints import ComparePolicy, ReferenceFingerprint, ScreeningIndex, compare
-from monitor.fingerprinting import SamplingSettings, build_reference, read_sample
+from monitor.fingerprinting import SamplingSettings, build_reference, confirm_match, read_sample
 from monitor.formats.canonical import ModelView
 from monitor.remote.source import WEIGHT_SUFFIXES, LocalFileSet
 from monitor.synth.export import save_gguf, save_hf_repo
@@ -91,6 +91,8 @@ class Result:
     requests: int
     weight_bytes: int
     cpu_s: float
+    bytes_confirm: int = 0
+    cpu_confirm_s: float = 0.0
 
 
 # ------------------------------------------------------------------------------------------ publishing
@@ -166,6 +168,14 @@ def measure(ref: ReferenceFingerprint, folder: Path, *, case: str, family: str, 
         t = time.process_time()
         c = compare(ref, sample, POLICY)
         cpu = time.process_time() - t
+        # The attention tier (flagged candidates only): its reads count in the bytes, its CPU separately.
+        first_bytes = fs.stats.bytes_read
+        t = time.process_time()
+        c = confirm_match(
+            view, ref, sample, c, secret=SECRET, suspect_key=f"bench/{case}", settings=SETTINGS, policy=POLICY
+        )
+        cpu_confirm = time.process_time() - t
+        bytes_confirm = fs.stats.bytes_read - first_bytes
         snap = fs.stats.snapshot()
     finally:
         fs.close()
@@ -186,6 +196,8 @@ def measure(ref: ReferenceFingerprint, folder: Path, *, case: str, family: str, 
         requests=int(snap["requests"]),
         weight_bytes=_weight_bytes(folder),
         cpu_s=cpu,
+        bytes_confirm=bytes_confirm,
+        cpu_confirm_s=cpu_confirm,
     )
 
 
@@ -641,7 +653,32 @@ def summarise(results: Sequence[Result]) -> dict[str, Any]:
         "median": float(np.median([r.cpu_s for r in results])),
         "max": float(np.max([r.cpu_s for r in results])),
     }
+    confirmed = [r for r in results if r.bytes_confirm > 0]
+    named = [(r, want) for r in derived for key, want in ATTENTION_NAMES.items() if r.case.endswith(key)]
+    out["attention"] = {
+        "confirmed": len(confirmed),
+        "flagged": sum(r.verdict != "independent" for r in results),
+        "median_bytes": float(np.median([r.bytes_confirm for r in confirmed])) if confirmed else 0.0,
+        "median_cpu_s": float(np.median([r.cpu_confirm_s for r in confirmed])) if confirmed else 0.0,
+        "max_cpu_s": float(np.max([r.cpu_confirm_s for r in confirmed])) if confirmed else 0.0,
+        "named": sum(any(w in r.transform for w in want) for r, want in named),
+        "obfuscations": len(named),
+        "missed": [
+            f"{r.case}: {r.transform}" for r, want in named if not any(w in r.transform for w in want)
+        ],
+    }
     return out
+
+
+ATTENTION_NAMES: dict[str, tuple[str, ...]] = {
+    "head permutation": ("attention heads permuted",),
+    "Q/K and V/O rescaling": ("Q/K rescaled", "V/O rescaled"),
+    "per-head V/O rotation": ("per-head V/O rotation",),
+    "per-head Q/K rotation": ("per-head Q/K rotation",),
+    "value dims permuted": ("value dims permuted",),
+}
+"""Attention-only obfuscations and the names the attention tier should give them (one sampled head: a
+head permutation that leaves the sampled head in place, or a rescaling within ×/÷1.25, goes unnamed)."""
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -678,6 +715,12 @@ def markdown(summary: dict[str, Any]) -> str:
         f"CPU-s for an unrelated suspect of the same depth ({s['speed_7b']['same_depth']['layers_examined']} "
         f"layer comparisons), {s['speed_7b']['other_depth']['cpu_s']:.2f} CPU-s when the depth differs and "
         f"every protected layer is examined ({s['speed_7b']['other_depth']['layers_examined']}).",
+        f"* Attention tier (flagged candidates only): ran on {s['attention']['confirmed']} of "
+        f"{s['attention']['flagged']} flagged comparisons, median {s['attention']['median_bytes']:,.0f} B more "
+        f"read, {s['attention']['median_cpu_s']:.3f} CPU-s (max {s['attention']['max_cpu_s']:.3f}); "
+        f"attention-only obfuscations named: **{s['attention']['named']}/{s['attention']['obfuscations']}**"
+        + (f" (unnamed: {'; '.join(s['attention']['missed'])})" if s["attention"]["missed"] else "")
+        + ".",
         f"* Screening one upload against {s['screening']['models']:,} protected models: median "
         f"{s['screening']['median_ms']:.1f} ms (max {s['screening']['max_ms']:.1f} ms).",
         f"* Run time: {s['seconds']:.0f} s on 2 CPU cores.",

@@ -4,7 +4,8 @@ The public surface:
 
 * `ReferenceBuilder` / `ReferenceFingerprint` — what the registry keeps about a protected model.
 * `SuspectSample` / `LayerSample` — the rows read from an upload.
-* `compare` → `Comparison` — exact tests, combined p-value, verdict and the transformation found.
+* `compare` → `Comparison` — exact tests, combined p-value, verdict and the transformation found;
+  `attention_target` / `confirm` — the attention tier for flagged candidates (`AttentionSample`).
 * `ScreeningIndex` — millisecond ranking of protected models for an upload (never evidence).
 * `signature` / `comparable` — routing by structure (never evidence).
 * `choose_token_block`, `choose_layers`, `choose_unit_block` — secret, reproducible sampling choices.
@@ -13,16 +14,18 @@ The public surface:
 See ``docs/fingerprints.md`` for the null hypotheses and their limits.
 """
 
+from fingerprints.attention import ATTENTION_NULL, AttentionSample, attention_test
 from fingerprints.reference import (
     UNIT_KINDS,
     LayerSample,
     ReferenceBuilder,
     ReferenceFingerprint,
     SuspectSample,
+    attention_layer_profiles,
     unit_profiles,
 )
 from fingerprints.residual import RESIDUAL_NULL, residual_test
-from fingerprints.sampling import choose_layers, choose_token_block, choose_unit_block
+from fingerprints.sampling import choose_head_block, choose_layers, choose_token_block, choose_unit_block
 from fingerprints.screening import SKETCH_TOKENS, ScreeningIndex, gram_sketch
 from fingerprints.stats import (
     bonferroni_log10,
@@ -34,14 +37,16 @@ from fingerprints.stats import (
 from fingerprints.structure import StructureSignature, comparable, signature
 from fingerprints.tokens import align_tokens
 from fingerprints.units import UNIT_NULL, unit_layer_test, unit_layer_tests
-from fingerprints.verdict import COMBINED_NULL, ComparePolicy, Comparison, compare
+from fingerprints.verdict import COMBINED_NULL, ComparePolicy, Comparison, attention_target, compare, confirm
 
 __all__ = [
+    "ATTENTION_NULL",
     "COMBINED_NULL",
     "RESIDUAL_NULL",
     "SKETCH_TOKENS",
     "UNIT_KINDS",
     "UNIT_NULL",
+    "AttentionSample",
     "ComparePolicy",
     "Comparison",
     "LayerSample",
@@ -51,13 +56,18 @@ __all__ = [
     "StructureSignature",
     "SuspectSample",
     "align_tokens",
+    "attention_layer_profiles",
+    "attention_target",
+    "attention_test",
     "bonferroni_log10",
     "cauchy_combine_log10",
+    "choose_head_block",
     "choose_layers",
     "choose_token_block",
     "choose_unit_block",
     "comparable",
     "compare",
+    "confirm",
     "fisher_combine_log10",
     "gram_sketch",
     "increasing_run_tail_log10",

@@ -18,18 +18,24 @@ import numpy as np
 from fingerprints.matching import standardize_rows
 
 __all__ = [
+    "ATTENTION_TOKENS",
     "UNIT_KINDS",
     "LayerSample",
     "ReferenceBuilder",
     "ReferenceFingerprint",
     "SuspectSample",
     "UnitKind",
+    "attention_layer_profiles",
     "common_directions",
     "unit_profiles",
 ]
 
 UnitKind = Literal["up", "gate", "down"]
 UNIT_KINDS: tuple[UnitKind, ...] = ("up", "gate", "down")
+
+ATTENTION_TOKENS = 128
+"""Token-block prefix the attention profiles are stored over (enough to identify heads; a 7B reference
+grows by about 50–100 MiB, against 540 MiB of MLP profiles)."""
 
 COMMON_RANK = 4
 """Token-space directions shared by most units of a layer (frequency, norm and similar token effects).
@@ -66,6 +72,34 @@ def unit_profiles(units: np.ndarray, embed: np.ndarray, gain: np.ndarray | None 
     return u @ np.asarray(embed, dtype=np.float32).T
 
 
+def attention_layer_profiles(
+    projections: Mapping[str, np.ndarray], embed: np.ndarray, gain: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """One layer's attention profiles as `ReferenceFingerprint.attention` stores them.
+
+    Args:
+        projections (`Mapping[str, np.ndarray]`): ``q``, ``k``, ``v`` projection matrices ``(rows, d)``.
+        embed (`np.ndarray`): the reference's token-block embedding rows (the first `ATTENTION_TOKENS`
+            are used).
+        gain (`np.ndarray | None`): gain of the norm feeding the attention.
+
+    Returns:
+        ``{"q": unit rows float16, "q_norm": row norms float32, ...}`` for q, k and v.
+    """
+    if set(projections) != {"q", "k", "v"}:
+        raise ValueError("attention needs exactly q, k and v")
+    block = np.asarray(embed, dtype=np.float32)[:ATTENTION_TOKENS]
+    out: dict[str, np.ndarray] = {}
+    for kind, mat in projections.items():
+        prof = unit_profiles(mat, block, gain)
+        norms = np.linalg.norm(prof, axis=1)
+        out[kind] = np.divide(prof, norms[:, None], out=np.zeros_like(prof), where=norms[:, None] > 0).astype(
+            np.float16
+        )
+        out[f"{kind}_norm"] = norms.astype(np.float32)
+    return out
+
+
 @dataclass(frozen=True)
 class ReferenceFingerprint:
     """Everything later matching needs about one protected model.
@@ -85,6 +119,11 @@ class ReferenceFingerprint:
         mlp_norms (`np.ndarray | None`): ``(L, d)`` gains of the norms feeding the MLPs.
         final_norm (`np.ndarray | None`): ``(d,)``.
         vocab_digest (`str | None`): digest of the tokenizer file (zero-byte vocabulary identity).
+        attention (`dict[str, np.ndarray]`): token profiles of every query, key and value row of every
+            layer over the first `ATTENTION_TOKENS` tokens of the block, for the attention confirmation
+            tier: ``q``/``k``/``v`` ``(L, rows, T_a)`` float16 unit rows and ``q_norm``/``k_norm``/
+            ``v_norm`` ``(L, rows)`` float32 their norms (unit rows keep float16 in range whatever the
+            model's scale). Empty for references built before the tier existed.
     """
 
     name: str
@@ -99,6 +138,7 @@ class ReferenceFingerprint:
     final_norm: np.ndarray | None = None
     vocab_digest: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    attention: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_layers(self) -> int:
@@ -118,6 +158,8 @@ class ReferenceFingerprint:
             out["mlp_norms"] = np.asarray(self.mlp_norms, dtype=np.float32)
         if self.final_norm is not None:
             out["final_norm"] = np.asarray(self.final_norm, dtype=np.float32)
+        for kind, arr in self.attention.items():
+            out[f"attn.{kind}"] = np.asarray(arr, dtype=np.float32 if kind.endswith("_norm") else np.float16)
         return out
 
     def header(self) -> dict[str, Any]:
@@ -135,6 +177,7 @@ class ReferenceFingerprint:
     def from_parts(cls, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> ReferenceFingerprint:
         profiles = {k.split(".", 1)[1]: np.asarray(v) for k, v in arrays.items() if k.startswith("profiles.")}
         bases = {k.split(".", 1)[1]: np.asarray(v) for k, v in arrays.items() if k.startswith("bases.")}
+        attention = {k.split(".", 1)[1]: np.asarray(v) for k, v in arrays.items() if k.startswith("attn.")}
         return cls(
             name=str(header["name"]),
             algo=str(header["algo"]),
@@ -148,6 +191,7 @@ class ReferenceFingerprint:
             final_norm=arrays.get("final_norm"),
             vocab_digest=header.get("vocab_digest"),
             meta=dict(header.get("meta", {})),
+            attention=attention,
         )
 
 
@@ -159,7 +203,8 @@ class ReferenceBuilder:
         b = ReferenceBuilder(name="acme/guard", algo=ALGO, arch=arch, tokens=strings, token_ids=ids,
                              embed=embed_rows)
         for i in range(n_layers):
-            b.add_layer(i, {"up": up_i, "gate": gate_i, "down": down_i.T}, mlp_gain=g_i)
+            b.add_layer(i, {"up": up_i, "gate": gate_i, "down": down_i.T}, mlp_gain=g_i,
+                        attention={"q": q_i, "k": k_i, "v": v_i}, attn_gain=a_i)
         ref = b.build(final_norm=g_final)
     """
 
@@ -183,9 +228,19 @@ class ReferenceBuilder:
         self._profiles: dict[str, dict[int, np.ndarray]] = {}
         self._bases: dict[str, dict[int, np.ndarray]] = {}
         self._gains: dict[int, np.ndarray] = {}
+        self._attention: dict[str, dict[int, np.ndarray]] = {}
 
-    def add_layer(self, index: int, units: Mapping[str, np.ndarray], *, mlp_gain: np.ndarray | None) -> None:
-        """Add one layer's MLP units (``kind -> (d_ff, d)`` unit vectors; ``down`` already transposed)."""
+    def add_layer(
+        self,
+        index: int,
+        units: Mapping[str, np.ndarray],
+        *,
+        mlp_gain: np.ndarray | None,
+        attention: Mapping[str, np.ndarray] | None = None,
+        attn_gain: np.ndarray | None = None,
+    ) -> None:
+        """Add one layer's MLP units (``kind -> (d_ff, d)`` unit vectors; ``down`` already transposed) and,
+        when given, its query/key/value projections (``(rows, d)``) with the gain of the norm feeding them."""
         for kind, mat in units.items():
             if kind not in UNIT_KINDS:
                 raise ValueError(f"unknown unit kind {kind!r}")
@@ -197,6 +252,9 @@ class ReferenceBuilder:
             self._bases.setdefault(kind, {})[index] = basis
         if mlp_gain is not None:
             self._gains[index] = np.asarray(mlp_gain, dtype=np.float32)
+        if attention:
+            for kind, arr in attention_layer_profiles(attention, self.embed, attn_gain).items():
+                self._attention.setdefault(kind, {})[index] = arr
 
     def build(
         self, *, final_norm: np.ndarray | None = None, meta: Mapping[str, Any] | None = None
@@ -209,6 +267,10 @@ class ReferenceBuilder:
             profiles[kind] = np.stack([by_layer[i] for i in layers])
         bases = {kind: np.stack([b[i] for i in sorted(b)]) for kind, b in self._bases.items()}
         gains = np.stack([self._gains[i] for i in sorted(self._gains)]) if self._gains else None
+        attention: dict[str, np.ndarray] = {}
+        depth = next(iter(profiles.values())).shape[0] if profiles else 0
+        if self._attention and all(sorted(by) == list(range(depth)) for by in self._attention.values()):
+            attention = {kind: np.stack([by[i] for i in sorted(by)]) for kind, by in self._attention.items()}
         return ReferenceFingerprint(
             name=self.name,
             algo=self.algo,
@@ -222,6 +284,7 @@ class ReferenceBuilder:
             final_norm=None if final_norm is None else np.asarray(final_norm, dtype=np.float32),
             vocab_digest=self.vocab_digest,
             meta=dict(meta or {}),
+            attention=attention,
         )
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["choose_layers", "choose_token_block", "choose_unit_block", "keyed_int"]
+__all__ = ["choose_head_block", "choose_layers", "choose_token_block", "choose_unit_block", "keyed_int"]
 
 
 def keyed_int(secret: bytes, *parts: object, bound: int) -> int:
@@ -79,4 +79,14 @@ def choose_unit_block(
     if n_units <= k:
         return 0, n_units
     start = keyed_int(secret, "units", suspect_key, layer, bound=n_units - k + 1)
+    return start, start + k
+
+
+def choose_head_block(
+    secret: bytes, *, suspect_key: str, layer: int, n_heads: int, k: int
+) -> tuple[int, int]:
+    """Start and end of ``k`` consecutive query heads of one layer for the attention tier."""
+    if n_heads <= k:
+        return 0, n_heads
+    start = keyed_int(secret, "heads", suspect_key, layer, bound=n_heads - k + 1)
     return start, start + k

@@ -6,6 +6,8 @@ Tiers, cheapest first (bytes are the cost; the caller already did the zero-byte 
 2. Residual-basis test on the embedding block (exact; see `fingerprints.residual`).
 3. Unit-label test on each sampled MLP layer (exact; see `fingerprints.units`).
 4. If no exact test fires but unit contents match strongly, the permutation evidence (approximate).
+5. Only for flagged candidates (`confirm`): the attention tier on one layer — the exact V-row test and the
+   per-head transformation (see `fingerprints.attention`); the caller reads those rows after `compare`.
 
 Exact tests use disjoint exchangeable groups (residual dimensions; the units of each layer), which are
 independent under H0, so they combine with Fisher's method. The verdict is ``derived`` when the combined exact
@@ -20,13 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from fingerprints.attention import MATCH, AttentionEvidence, AttentionSample, attention_test
 from fingerprints.reference import LayerSample, ReferenceFingerprint, SuspectSample
 from fingerprints.residual import ResidualEvidence, residual_test
 from fingerprints.stats import fisher_combine_log10, to_p
-from fingerprints.tokens import align_tokens
+from fingerprints.tokens import TokenAlignment, align_tokens
 from fingerprints.units import UnitLayerEvidence, approximate_permuted_evidence, unit_layer_tests
 
-__all__ = ["COMBINED_NULL", "ComparePolicy", "Comparison", "compare"]
+__all__ = ["COMBINED_NULL", "ComparePolicy", "Comparison", "attention_target", "compare", "confirm"]
 
 WINDOW = 2
 """First-pass search radius (protected layers around the corresponding depth)."""
@@ -70,6 +73,7 @@ class Comparison:
         matched (`str`): one-line summary of what matched.
         tests (`list[dict]`): per-test records.
         effects (`dict`): effect sizes (shared tokens, unit correlations, layer map...).
+        evidence: the cheap tiers' intermediate results (for `confirm`; not serialised).
     """
 
     verdict: str
@@ -80,6 +84,7 @@ class Comparison:
     matched: str
     tests: list[dict[str, Any]] = field(default_factory=list)
     effects: dict[str, Any] = field(default_factory=dict)
+    evidence: _Evidence | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +122,7 @@ def _transform(
     ref: ReferenceFingerprint,
     alignment_mode: str,
     shared: int,
+    att: AttentionEvidence | None = None,
 ) -> str:
     parts: list[str] = []
     # Columns that match nothing one-to-one while unit profiles (rotation-invariant) match well: a rotation.
@@ -167,6 +173,8 @@ def _transform(
         unmatched = sum(u.order == "none" for u in units)
         if unmatched:
             parts.append(f"MLP units unmatched in {unmatched}/{len(units)} sampled layers (heavily changed)")
+    if att is not None:
+        parts.extend(att.findings)
     vocab_b = sample.arch.get("vocab_size")
     vocab_a = ref.arch.get("vocab_size")
     if vocab_a and vocab_b and vocab_a != vocab_b:
@@ -182,6 +190,20 @@ def _transform(
     if not parts or parts == ["same residual basis"]:
         return "identity (copy)" if not sample.quantization else f"identity + {sample.quantization}"
     return " + ".join(parts)
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    """The cheap tiers' results, kept on a `Comparison` so the confirmation tier does not redo them."""
+
+    res: ResidualEvidence
+    units: list[UnitLayerEvidence]
+    align: TokenAlignment
+    sus_rows: np.ndarray
+    tests: list[dict[str, Any]]
+    exact_log10: list[float]
+    effects: dict[str, Any]
+    same_depth: bool
 
 
 def compare(
@@ -244,7 +266,6 @@ def compare(
             unit_ev.append(ev)
             tests.append(ev.record())
             exact_log10.append(ev.log10_p)
-    combined = fisher_combine_log10(exact_log10)
     effects["residual"] = {"basis": res.basis, "strong": res.strong, "dims": res.n_dims}
     effects["units"] = [
         {
@@ -257,6 +278,80 @@ def compare(
         }
         for u in unit_ev
     ]
+    evidence = _Evidence(res, unit_ev, align, sus_rows, tests, exact_log10, effects, same_depth)
+    return _decide(ref, sample, policy, evidence, None)
+
+
+def attention_target(first: Comparison) -> tuple[int, int] | None:
+    """``(suspect layer, protected layer)`` for the attention tier, or ``None`` when it should not run.
+
+    It runs only for candidates the cheap tiers flagged (``derived`` or ``inconclusive``), on the sampled
+    layer whose unit test matched best — the MLP test already found which protected layer that is (layer
+    drop and duplication included), and that layer's shard header has already been read. When no unit
+    block matched (heavy fine-tunes) and the depths agree, the first sampled layer is compared with the
+    protected layer of the same index.
+    """
+    ev = first.evidence
+    if ev is None or first.verdict == "independent" or not ev.units:
+        return None
+    matched = [u for u in ev.units if u.order != "none"]
+    if matched:
+        best = min(matched, key=lambda u: (u.log10_p, -u.median_score))
+        return best.layer, best.ref_layer
+    if ev.same_depth:
+        return ev.units[0].layer, ev.units[0].layer
+    return None
+
+
+def confirm(
+    ref: ReferenceFingerprint,
+    sample: SuspectSample,
+    first: Comparison,
+    attention: AttentionSample,
+    policy: ComparePolicy | None = None,
+) -> Comparison:
+    """Add the attention tier to a first-pass `Comparison` (same tests, plus the exact V-row test and the
+    per-head transformation); returns ``first`` unchanged when the reference has no attention profiles or
+    the tier cannot run."""
+    policy = policy or ComparePolicy()
+    ev = first.evidence
+    if ev is None or not ref.attention:
+        return first
+    t_a = ref.attention["q"].shape[2]
+    keep = ev.align.ref_index < t_a
+    att = attention_test(
+        ref.attention,
+        ref.arch,
+        attention,
+        sample.embed[ev.align.sus_index[keep]],
+        ev.align.ref_index[keep],
+    )
+    if att is None:
+        return first
+    return _decide(ref, sample, policy, ev, att)
+
+
+def _decide(
+    ref: ReferenceFingerprint,
+    sample: SuspectSample,
+    policy: ComparePolicy,
+    ev: _Evidence,
+    att: AttentionEvidence | None,
+) -> Comparison:
+    tests = list(ev.tests)
+    exact_log10 = list(ev.exact_log10)
+    effects = dict(ev.effects)
+    if att is not None:
+        tests.extend(att.records())
+        exact_log10.append(att.log10_p)
+        effects["attention"] = {
+            "layer": att.layer,
+            "ref_layer": att.ref_layer,
+            "heads": {h["head"]: h["ref_head"] for h in att.heads},
+            "findings": list(att.findings),
+        }
+    res, unit_ev = ev.res, ev.units
+    combined = fisher_combine_log10(exact_log10)
     approx_log10 = 0.0
     if unit_ev and combined > np.log10(policy.alpha):
         approx = approximate_permuted_evidence(unit_ev, next(iter(ref.profiles.values())).shape[0])
@@ -276,8 +371,13 @@ def compare(
         f"{matched_units}/{n_units} sampled MLP units in {len(unit_ev)} layers; "
         f"{res.strong}/{res.n_dims} residual dims over {res.n_tokens} shared tokens"
     )
+    if att is not None:
+        heads = sum(h["form_corr"] >= MATCH for h in att.heads)
+        matched += f"; {heads}/{len(att.heads)} attention heads in layer {att.layer}"
     transform = (
-        _transform(res, unit_ev, sample, ref, align.mode, len(align)) if verdict != "independent" else "none"
+        _transform(res, unit_ev, sample, ref, ev.align.mode, len(ev.align), att)
+        if verdict != "independent"
+        else "none"
     )
     return Comparison(
         verdict=verdict,
@@ -288,4 +388,5 @@ def compare(
         matched=matched,
         tests=tests,
         effects=effects,
+        evidence=ev,
     )

@@ -8,7 +8,10 @@ once; suspects are read through a byte budget, with the secret choosing which ro
   vocabulary was profiled on),
 * ``layers`` MLP layers spread over the depth, and in each a contiguous block of ``rows_per_layer`` units
   from whichever tensor stores units contiguously (``up`` rows for float checkpoints and GGUF, ``down``
-  columns for GPTQ/AWQ), plus the norm gain feeding the MLP.
+  columns for GPTQ/AWQ), plus the norm gain feeding the MLP;
+* and only for candidates those rows flag (`confirm_match`), one block of query heads with their key and
+  value heads in the best-matching sampled layer (the attention tier: names head-level obfuscations and adds
+  an exact test on value dimensions).
 """
 
 from __future__ import annotations
@@ -16,25 +19,40 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from fingerprints import (
+    AttentionSample,
+    ComparePolicy,
+    Comparison,
     LayerSample,
     ReferenceBuilder,
     ReferenceFingerprint,
     SuspectSample,
+    attention_layer_profiles,
+    attention_target,
+    choose_head_block,
     choose_layers,
     choose_token_block,
     choose_unit_block,
+    confirm,
 )
 from fingerprints.tokens import best_rewrite, normalize_token
-from monitor.errors import FormatError, UnsupportedFormat
+from monitor.errors import BudgetExceeded, FormatError, UnsupportedFormat
 from monitor.findings import ALGO
 from monitor.formats.canonical import ModelView
 
-__all__ = ["SamplingSettings", "build_reference", "read_sample", "vocab_key"]
+__all__ = [
+    "SamplingSettings",
+    "add_attention",
+    "build_reference",
+    "confirm_match",
+    "read_attention",
+    "read_sample",
+    "vocab_key",
+]
 
 
 @dataclass(frozen=True)
@@ -45,11 +63,21 @@ class SamplingSettings:
         tokens (`int`): embedding rows in the token block.
         layers (`int`): MLP layers sampled per suspect.
         rows_per_layer (`int`): MLP units per sampled layer.
+        attention_heads (`int`): query heads read by the attention tier (0: tier off).
     """
 
     tokens: int = 256
     layers: int = 4
     rows_per_layer: int = 64
+    attention_heads: int = 1
+
+
+ATTENTION_MAX_BYTES = 32 * 1024 * 1024
+ATTENTION_MAX_OVERHEAD = 4
+"""The attention tier is skipped (with a note) when its rows would cost more than `ATTENTION_MAX_BYTES`, or
+more than `ATTENTION_MAX_OVERHEAD` times what they weigh in float16: GPTQ/AWQ pack query/key/value rows
+across the whole tensor (measured on a 7B GPTQ: 24 MB for three heads' rows, eight times their size), which
+is not worth paying to name a transformation of an upload already flagged."""
 
 
 def vocab_key(tokens: Sequence[str]) -> str:
@@ -79,6 +107,32 @@ def _has(view: ModelView, key: str) -> bool:
 def _mlp_gain(view: ModelView, layer: int) -> np.ndarray | None:
     key = f"layers.{layer}.mlp_norm"
     return view.read(key).reshape(-1) if _has(view, key) else None
+
+
+def _attention_gain_key(view: ModelView, layer: int) -> str | None:
+    """Canonical key of the norm whose output feeds layer ``layer``'s query/key/value projections.
+
+    Pre-norm models (Llama, GPT-2...) have ``attn_norm``; post-norm encoders (BERT) feed attention with the
+    previous layer's output norm, or the embedding norm for layer 0.
+    """
+    for key in (
+        f"layers.{layer}.attn_norm",
+        "embed_norm" if layer == 0 else f"layers.{layer - 1}.out_norm",
+    ):
+        if _has(view, key):
+            return key
+    return None
+
+
+def _has_attention(view: ModelView) -> bool:
+    a = view.arch
+    return bool(
+        a.head_dim
+        and a.n_heads
+        and (a.n_kv_heads or a.n_heads)
+        and a.n_heads % (a.n_kv_heads or a.n_heads) == 0
+        and all(_has(view, f"layers.0.attn.{k}") for k in "qkv")
+    )
 
 
 def build_reference(
@@ -127,9 +181,30 @@ def build_reference(
             units["down"] = view.read(f"layers.{i}.mlp.down").T
         builder.add_layer(i, units, mlp_gain=_mlp_gain(view, i))
     final = view.read("final_norm").reshape(-1) if _has(view, "final_norm") else None
-    return builder.build(
+    ref = builder.build(
         final_norm=final, meta={"vocab_key": vocab_key(vocab[:n_vocab]), "block": [int(start), int(end)]}
     )
+    return add_attention(ref, view)
+
+
+def add_attention(ref: ReferenceFingerprint, view: ModelView) -> ReferenceFingerprint:
+    """``ref`` with the attention tier's profiles, read from the protected model ``view`` (q, k, v and the
+    norm feeding them, every layer).
+
+    `build_reference` ends with it; a reference built before the tier existed can be completed with it
+    without re-reading the MLPs (about a tenth of a Llama's weights). Models without a known head layout
+    get no attention profiles: their verdicts do not need them, only the naming of head-level changes.
+    """
+    if not _has_attention(view):
+        return ref
+    per_layer: dict[str, list[np.ndarray]] = {}
+    for i in range(view.arch.n_layers):
+        projections = {k: view.read(f"layers.{i}.attn.{k}") for k in "qkv"}
+        gain_key = _attention_gain_key(view, i)
+        gain = view.read(gain_key).reshape(-1) if gain_key else None
+        for kind, arr in attention_layer_profiles(projections, ref.embed, gain).items():
+            per_layer.setdefault(kind, []).append(arr)
+    return replace(ref, attention={kind: np.stack(arrs) for kind, arrs in per_layer.items()})
 
 
 def _suspect_ids(
@@ -297,3 +372,101 @@ def read_sample(
         token_ids=np.asarray(ids, dtype=np.int64),
         token_rewrite=None if rewrite == "identity" else rewrite,
     )
+
+
+def read_attention(
+    view: ModelView,
+    *,
+    layer: int,
+    ref_layer: int,
+    secret: bytes,
+    suspect_key: str,
+    settings: SamplingSettings,
+) -> AttentionSample:
+    """Read a secret-chosen block of query heads of ``layer`` with their key/value heads (one batch).
+
+    Raises:
+        `UnsupportedFormat`: unknown head layout, missing projections, or rows too costly in this format.
+        `BudgetExceeded`: the per-repo byte budget ran out.
+    """
+    arch = view.arch
+    if not _has_attention(view):
+        raise UnsupportedFormat("attention head layout unknown (head counts or projections missing)")
+    hd, heads = int(arch.head_dim or 0), int(arch.n_heads or 0)
+    kv_heads = int(arch.n_kv_heads or heads)
+    group = heads // kv_heads
+    q_key, k_key, v_key = (f"layers.{layer}.attn.{k}" for k in "qkv")
+    view.prepare([q_key, k_key, v_key])
+    for key, n in ((q_key, heads), (k_key, kv_heads), (v_key, kv_heads)):
+        if key not in view.tensors or view.tensors[key].shape[0] != n * hd:
+            raise UnsupportedFormat(f"{key}: not {n} heads of {hd} rows")
+    h0, h1 = choose_head_block(
+        secret, suspect_key=suspect_key, layer=layer, n_heads=heads, k=settings.attention_heads
+    )
+    kv0, kv1 = h0 // group, (h1 - 1) // group + 1
+    q_rows, kv_rows = range(h0 * hd, h1 * hd), range(kv0 * hd, kv1 * hd)
+    cost = view.cost(q_key, rows=q_rows) + view.cost(k_key, rows=kv_rows) + view.cost(v_key, rows=kv_rows)
+    dense = (len(q_rows) + 2 * len(kv_rows)) * int(view.tensors[q_key].shape[1]) * 2
+    limit = min(ATTENTION_MAX_BYTES, ATTENTION_MAX_OVERHEAD * dense)
+    if cost > limit:
+        raise UnsupportedFormat(
+            f"attention rows would cost {cost:,} bytes in this format ({cost / dense:.1f}× their float16 "
+            f"size; limit {limit:,})"
+        )
+    plan: list[tuple[str, Sequence[int] | None, Sequence[int] | None]] = [
+        (q_key, q_rows, None),
+        (k_key, kv_rows, None),
+        (v_key, kv_rows, None),
+    ]
+    gain_key = _attention_gain_key(view, layer)
+    if gain_key:
+        plan.append((gain_key, None, None))
+    arrays = view.read_batch(plan)
+    return AttentionSample(
+        layer=layer,
+        ref_layer=ref_layer,
+        head_start=h0,
+        kv_start=kv0,
+        q=arrays[0],
+        k=arrays[1],
+        v=arrays[2],
+        gain=arrays[3].reshape(-1) if gain_key else None,
+        head_dim=hd,
+        n_heads=heads,
+        n_kv_heads=kv_heads,
+    )
+
+
+def confirm_match(
+    view: ModelView,
+    ref: ReferenceFingerprint,
+    sample: SuspectSample,
+    first: Comparison,
+    *,
+    secret: bytes,
+    suspect_key: str,
+    settings: SamplingSettings,
+    policy: ComparePolicy,
+) -> Comparison:
+    """The attention tier for a flagged candidate: read one head block, then `fingerprints.confirm`.
+
+    Returns ``first`` unchanged for candidates that were not flagged, references without attention
+    profiles and ``attention_heads = 0``; when the rows cannot be read (format, budget) the first-pass
+    verdict stands and a ``skipped`` record says why — a confirmation tier never loses a finding.
+    """
+    target = attention_target(first)
+    if target is None or not ref.attention or settings.attention_heads <= 0:
+        return first
+    try:
+        att = read_attention(
+            view,
+            layer=target[0],
+            ref_layer=target[1],
+            secret=secret,
+            suspect_key=suspect_key,
+            settings=settings,
+        )
+    except (FormatError, BudgetExceeded) as exc:
+        skipped = {"name": "attention-heads", "exact": False, "skipped": str(exc)}
+        return replace(first, tests=[*first.tests, skipped])
+    return confirm(ref, sample, first, att, policy)

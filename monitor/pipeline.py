@@ -10,6 +10,7 @@ only means the item is scanned again. The tiers, cheapest first:
    through the per-repo byte budget.
 4. **Screen and test** — rank candidates (`fingerprints.ScreeningIndex`) and run the exact tests on the best
    ``max_candidates``.
+5. **Confirm** — for flagged candidates only, one block of attention heads (`confirm_match`).
 
 Problems with the upload itself (malformed file, unsupported format, budget exceeded, gated) end the scan
 with a note and whatever was already found; hub problems (5xx, 429, resets) propagate so the worker retries.
@@ -33,7 +34,7 @@ from fingerprints import (
 from monitor.config import Config
 from monitor.errors import BudgetExceeded, CommitMoved, FormatError
 from monitor.findings import ALGO, Finding, ScanOutcome
-from monitor.fingerprinting import SamplingSettings, read_sample
+from monitor.fingerprinting import SamplingSettings, confirm_match, read_sample
 from monitor.formats.canonical import ModelView
 from monitor.hubs.base import HubSource, RepoSnapshot
 from monitor.registry import (
@@ -226,12 +227,13 @@ def scan_snapshot(ctx: PipelineContext, hub: HubSource, snap: RepoSnapshot) -> S
             notes.append("no structurally comparable protected model")
             return outcome(fmt, fileset.stats.snapshot())
         tokens = list(dict.fromkeys(t for lr in candidates for t in lr.ref.tokens))
+        suspect_key = f"{snap.hub}/{snap.repo_id}@{snap.commit}"
         sample = read_sample(
             view,
             tokens=tokens,
             refs=[lr.ref for lr in candidates],
             secret=ctx.secret,
-            suspect_key=f"{snap.hub}/{snap.repo_id}@{snap.commit}",
+            suspect_key=suspect_key,
             settings=ctx.settings,
         )
         unlisted = view.files.unlisted
@@ -242,7 +244,16 @@ def scan_snapshot(ctx: PipelineContext, hub: HubSource, snap: RepoSnapshot) -> S
                 + ", ".join(sorted(unlisted)[:5])
             )
         for lr in _rank(candidates, sample.tokens, sample.embed, ctx.max_candidates):
-            c = compare(lr.ref, sample, ctx.policy)
+            c = confirm_match(
+                view,
+                lr.ref,
+                sample,
+                compare(lr.ref, sample, ctx.policy),
+                secret=ctx.secret,
+                suspect_key=suspect_key,
+                settings=ctx.settings,
+                policy=ctx.policy,
+            )
             findings.append(
                 Finding(
                     protected=lr.model.name,

@@ -24,7 +24,7 @@ from fingerprints import compare as compare_arrays
 from monitor.config import Config
 from monitor.errors import ConfigError, NotFound, StoreError
 from monitor.findings import ALGO
-from monitor.fingerprinting import SamplingSettings, build_reference, read_sample
+from monitor.fingerprinting import SamplingSettings, build_reference, confirm_match, read_sample
 from monitor.formats.canonical import ModelView
 from monitor.references import load_reference, save_reference
 from monitor.remote.source import WEIGHT_SUFFIXES, FileSet, LocalFileSet
@@ -67,7 +67,12 @@ PUBLIC_COMPARE_SECRET = b"hubsentry-public-compare"
 # --------------------------------------------------------------------------------------------- settings
 def settings_from_config(config: Config) -> SamplingSettings:
     fp = config.fingerprint
-    return SamplingSettings(tokens=fp.tokens, layers=fp.layers, rows_per_layer=fp.rows_per_layer)
+    return SamplingSettings(
+        tokens=fp.tokens,
+        layers=fp.layers,
+        rows_per_layer=fp.rows_per_layer,
+        attention_heads=fp.attention_heads,
+    )
 
 
 def policy_from_config(config: Config) -> ComparePolicy:
@@ -380,7 +385,17 @@ def compare(a: str, b: str, *, config: Config, budget: int | None = None) -> Com
                 suspect_key=mb.source,
                 settings=settings,
             )
-            result = compare_arrays(ref, sample, policy_from_config(config))
+            policy = policy_from_config(config)
+            result = confirm_match(
+                mb.view,
+                ref,
+                sample,
+                compare_arrays(ref, sample, policy),
+                secret=secret,
+                suspect_key=mb.source,
+                settings=settings,
+                policy=policy,
+            )
             stats = mb.fileset.stats.snapshot()
     if exact:
         verdict, log10_p, null, transform = "derived", EXACT_LOG10_P, EXACT_NULL, "exact copy"

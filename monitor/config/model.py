@@ -74,6 +74,7 @@ DEFAULT_LAYERS = 4
 DEFAULT_ROWS_PER_LAYER = 64
 DEFAULT_TOKENS = 256
 DEFAULT_MAX_CANDIDATES = 16
+DEFAULT_ATTENTION_HEADS = 1
 # [executor]
 EXECUTOR_KINDS = ("threads", "dask")
 DEFAULT_EXECUTOR_KIND = "threads"
@@ -220,6 +221,8 @@ class FingerprintConfig:
         max_comparisons_per_day (`int`): Bonferroni divisor.
         layers (`int`), rows_per_layer (`int`), tokens (`int`): how much of each suspect is sampled.
         max_candidates (`int`): protected models tested per upload after screening.
+        attention_heads (`int`): query heads read by the attention tier for flagged candidates (0 turns
+            the tier off: verdicts stay, attention-only obfuscations go unnamed).
     """
 
     secret: SecretRef
@@ -229,6 +232,7 @@ class FingerprintConfig:
     rows_per_layer: int = DEFAULT_ROWS_PER_LAYER
     tokens: int = DEFAULT_TOKENS
     max_candidates: int = DEFAULT_MAX_CANDIDATES
+    attention_heads: int = DEFAULT_ATTENTION_HEADS
 
     @property
     def per_comparison_alpha(self) -> float:

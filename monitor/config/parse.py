@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from monitor.config.model import (
     CONFIG_ENV,
     DEFAULT_API_REQUESTS_PER_WINDOW,
+    DEFAULT_ATTENTION_HEADS,
     DEFAULT_BACKOFF_BASE_S,
     DEFAULT_BACKOFF_MAX_S,
     DEFAULT_BUDGET_PER_REPO,
@@ -381,6 +382,7 @@ def _parse_fingerprint(table: _Table | None, *, base: Path) -> FingerprintConfig
         rows_per_layer=t.take("rows_per_layer", _int_in(1, 65536), DEFAULT_ROWS_PER_LAYER),
         tokens=t.take("tokens", _int_in(1, 1_000_000), DEFAULT_TOKENS),
         max_candidates=t.take("max_candidates", _int_in(1, 100_000), DEFAULT_MAX_CANDIDATES),
+        attention_heads=t.take("attention_heads", _int_in(0, 64), DEFAULT_ATTENTION_HEADS),
     )
     t.finish()
     return fp

@@ -70,6 +70,8 @@ layers = 4                           # MLP layers sampled per suspect
 rows_per_layer = 64                  # MLP units sampled per layer
 tokens = 256                         # embedding rows (token block) per tokenizer
 max_candidates = 16                  # protected models tested per upload after screening
+attention_heads = 1                  # query heads read to confirm flagged matches (names head-level
+                                     # obfuscations; adds one head of Q, K, V); 0 = off
 
 [executor]
 kind = "threads"                     # or "dask" (pip install 'hubsentry[dask]')
@@ -175,6 +177,7 @@ def render_config(config: Config, *, environ: Mapping[str, str] | None = None) -
         f"rows_per_layer = {fp.rows_per_layer}",
         f"tokens = {fp.tokens}",
         f"max_candidates = {fp.max_candidates}",
+        f"attention_heads = {fp.attention_heads}",
         "",
         "[executor]",
         f"kind = {_q(config.executor.kind)}",

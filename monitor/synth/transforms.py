@@ -25,9 +25,11 @@ __all__ = [
     "permute_heads",
     "permute_mlp_units",
     "permute_residual",
+    "permute_value_dims",
     "quantize_4bit_blocks",
     "quantize_int8_rows",
     "rescale_attention",
+    "rotate_heads_qk",
     "rotate_heads_vo",
     "sign_flip_residual",
     "structured_prune_mlp",
@@ -273,6 +275,68 @@ def rotate_heads_vo(state: Mapping[str, np.ndarray], rng: np.random.Generator, *
             for qh in range(h * group, (h + 1) * group):
                 osl = slice(qh * head_dim, (qh + 1) * head_dim)
                 o[:, osl] = o[:, osl] @ r.T
+    return out
+
+
+def rotate_heads_qk(state: Mapping[str, np.ndarray], rng: np.random.Generator, *, head_dim: int) -> State:
+    """Rotate queries and keys of each KV group by one orthogonal matrix (``q·k`` unchanged).
+
+    BERT (no positions inside attention) admits any rotation of the head space. Llama's RoPE rotates the
+    pairs ``(i, i + head_dim/2)`` by position-dependent angles, so only rotations that commute with it keep
+    the function: an independent 2-D rotation of every such pair.
+    """
+    out = _copy(state)
+    fam = model_family(out)
+    nm = _names(fam)
+    half = head_dim // 2
+    for i in range(n_layers(out)):
+        pre = nm["prefix"].format(i=i)
+        nq, nkv = _heads(out, pre, nm, head_dim)
+        group = nq // nkv
+        for h in range(nkv):
+            if fam == "llama":
+                theta = rng.uniform(0, 2 * np.pi, half)
+                r = np.zeros((head_dim, head_dim), dtype=np.float32)
+                idx = np.arange(half)
+                r[idx, idx] = np.cos(theta)
+                r[idx, idx + half] = -np.sin(theta)
+                r[idx + half, idx] = np.sin(theta)
+                r[idx + half, idx + half] = np.cos(theta)
+            else:
+                r = _random_orthogonal(head_dim, rng)
+            heads = [("k", h)] + [("q", qh) for qh in range(h * group, (h + 1) * group)]
+            for key, head in heads:
+                sl = slice(head * head_dim, (head + 1) * head_dim)
+                out[f"{pre}{nm[key]}.weight"][sl] = r @ out[f"{pre}{nm[key]}.weight"][sl]
+                if f"{pre}{nm[key]}.bias" in out:
+                    out[f"{pre}{nm[key]}.bias"][sl] = r @ out[f"{pre}{nm[key]}.bias"][sl]
+    return out
+
+
+def permute_value_dims(state: Mapping[str, np.ndarray], rng: np.random.Generator, *, head_dim: int) -> State:
+    """Relabel the value dimensions inside each KV head (V rows with the matching output columns).
+
+    The symmetry the exact attention test is built on: applied to a derivative it makes that test's null
+    true by construction.
+    """
+    out = _copy(state)
+    fam = model_family(out)
+    nm = _names(fam)
+    for i in range(n_layers(out)):
+        pre = nm["prefix"].format(i=i)
+        nq, nkv = _heads(out, pre, nm, head_dim)
+        group = nq // nkv
+        v = out[f"{pre}{nm['v']}.weight"]
+        o = out[f"{pre}{nm['o']}.weight"]
+        for h in range(nkv):
+            p = rng.permutation(head_dim)
+            sl = slice(h * head_dim, (h + 1) * head_dim)
+            v[sl] = v[sl][p]
+            if f"{pre}{nm['v']}.bias" in out:
+                out[f"{pre}{nm['v']}.bias"][sl] = out[f"{pre}{nm['v']}.bias"][sl][p]
+            for qh in range(h * group, (h + 1) * group):
+                osl = slice(qh * head_dim, (qh + 1) * head_dim)
+                o[:, osl] = o[:, osl][:, p]
     return out
 
 
