@@ -233,6 +233,11 @@ def render_markdown(doc: dict[str, Any], *, command: str = "") -> str:
         lines.append(
             f"* {shape}: {rec['seconds']:.0f} s, {_size(rec['bytes_read'])} read, reference file "
             f"{_size(rec['reference_bytes'])} (built {rec['built_at']})"
+            + (
+                f"; attention profiles added afterwards in {rec['attention_seconds']:.0f} s (q, k, v only)"
+                if rec.get("attention_seconds")
+                else ""
+            )
         )
     return "\n".join(lines)
 
