@@ -243,10 +243,12 @@ def attention_test(
 
     # --- which protected head is each sampled head (QK forms; invariant inside the head) ---------------
     ref_forms = _standardized_flat([pq_h[h].T @ pk_h[h // ref_group] for h in range(len(pq_h))])
-    kv_of = [(sample.head_start + i) // group - sample.kv_start for i in range(len(sq_h))]
-    sus_forms = _standardized_flat(
-        [sq_h[i].T @ sk_h[min(max(kv, 0), len(sk_h) - 1)] for i, kv in enumerate(kv_of)]
-    )
+    # Local index of each sampled query head's KV head (clamped: a malformed sample must not index out).
+    kv_of = [
+        min(max((sample.head_start + i) // group - sample.kv_start, 0), len(sk_h) - 1)
+        for i in range(len(sq_h))
+    ]
+    sus_forms = _standardized_flat([sq_h[i].T @ sk_h[kv] for i, kv in enumerate(kv_of)])
     form_match = best_matches(sus_forms, ref_forms)
 
     # --- which protected KV head is each sampled KV head (V Grams; invariant to V/O rotation) ----------
@@ -260,7 +262,7 @@ def attention_test(
     ] = {}  # overall profile scale (embedding drift, global rescaling) per KV head
     for i in range(len(sq_h)):
         ref_h = int(form_match.index[i])
-        kv_local = min(max(kv_of[i], 0), len(sk_h) - 1)
+        kv_local = kv_of[i]
         row = {
             "head": sample.head_start + i,
             "ref_head": ref_h,

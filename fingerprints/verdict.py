@@ -323,7 +323,7 @@ def confirm(
         ref.attention,
         ref.arch,
         attention,
-        sample.embed[ev.align.sus_index[keep]],
+        ev.sus_rows[keep],
         ev.align.ref_index[keep],
     )
     if att is None:

@@ -9,7 +9,7 @@ who keeps the model working can really do. Nothing here is used on hub data.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -255,11 +255,13 @@ def rescale_attention(
     return out
 
 
-def rotate_heads_vo(state: Mapping[str, np.ndarray], rng: np.random.Generator, *, head_dim: int) -> State:
-    """Rotate each value head by a random orthogonal matrix and undo it in the output projection."""
+def _transform_value_heads(
+    state: Mapping[str, np.ndarray], head_dim: int, make: Callable[[], np.ndarray]
+) -> State:
+    """Apply an orthogonal ``make()`` to the value space of every KV head (``V ← R V``) and undo it in the
+    output columns of every query head that reads it (``O ← O Rᵀ``): function-preserving."""
     out = _copy(state)
-    fam = model_family(out)
-    nm = _names(fam)
+    nm = _names(model_family(out))
     for i in range(n_layers(out)):
         pre = nm["prefix"].format(i=i)
         nq, nkv = _heads(out, pre, nm, head_dim)
@@ -267,7 +269,7 @@ def rotate_heads_vo(state: Mapping[str, np.ndarray], rng: np.random.Generator, *
         v = out[f"{pre}{nm['v']}.weight"]
         o = out[f"{pre}{nm['o']}.weight"]
         for h in range(nkv):
-            r = _random_orthogonal(head_dim, rng)
+            r = make()
             sl = slice(h * head_dim, (h + 1) * head_dim)
             v[sl] = r @ v[sl]
             if f"{pre}{nm['v']}.bias" in out:
@@ -276,6 +278,11 @@ def rotate_heads_vo(state: Mapping[str, np.ndarray], rng: np.random.Generator, *
                 osl = slice(qh * head_dim, (qh + 1) * head_dim)
                 o[:, osl] = o[:, osl] @ r.T
     return out
+
+
+def rotate_heads_vo(state: Mapping[str, np.ndarray], rng: np.random.Generator, *, head_dim: int) -> State:
+    """Rotate each value head by a random orthogonal matrix and undo it in the output projection."""
+    return _transform_value_heads(state, head_dim, lambda: _random_orthogonal(head_dim, rng))
 
 
 def rotate_heads_qk(state: Mapping[str, np.ndarray], rng: np.random.Generator, *, head_dim: int) -> State:
@@ -319,25 +326,8 @@ def permute_value_dims(state: Mapping[str, np.ndarray], rng: np.random.Generator
     The symmetry the exact attention test is built on: applied to a derivative it makes that test's null
     true by construction.
     """
-    out = _copy(state)
-    fam = model_family(out)
-    nm = _names(fam)
-    for i in range(n_layers(out)):
-        pre = nm["prefix"].format(i=i)
-        nq, nkv = _heads(out, pre, nm, head_dim)
-        group = nq // nkv
-        v = out[f"{pre}{nm['v']}.weight"]
-        o = out[f"{pre}{nm['o']}.weight"]
-        for h in range(nkv):
-            p = rng.permutation(head_dim)
-            sl = slice(h * head_dim, (h + 1) * head_dim)
-            v[sl] = v[sl][p]
-            if f"{pre}{nm['v']}.bias" in out:
-                out[f"{pre}{nm['v']}.bias"][sl] = out[f"{pre}{nm['v']}.bias"][sl][p]
-            for qh in range(h * group, (h + 1) * group):
-                osl = slice(qh * head_dim, (qh + 1) * head_dim)
-                o[:, osl] = o[:, osl][:, p]
-    return out
+    eye = np.eye(head_dim, dtype=np.float32)
+    return _transform_value_heads(state, head_dim, lambda: eye[rng.permutation(head_dim)])
 
 
 # --- compression -----------------------------------------------------------------------------------
